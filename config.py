@@ -1,0 +1,149 @@
+"""Every setting of the trainer, in one dataclass. The command line is generated from it.
+
+Each field is a `--flag` of `train.py` with its default and a one-line help text, so a setting and its flag can
+never drift apart. `validate` checks the values once, up front, on every rank.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, with a non-zero exit, on every rank."""
+
+
+def _setting(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = _setting("builtin", "corpus: 'builtin' (generated English-Italian corpus), a Hugging Face hub "
+                                       "name such as Helsinki-NLP/opus_books, or a local dataset folder")
+    dataset_config: str | None = _setting(None, "hub dataset configuration, e.g. en-it for opus_books")
+    data_files: str | None = _setting(None, "local .jsonl/.json/.parquet files in the opus_books schema "
+                                            "(comma-separated, globs allowed); overrides --dataset")
+    lang_src: str = _setting("en", "source language key in each example's 'translation' dict")
+    lang_tgt: str = _setting("it", "target language key in each example's 'translation' dict")
+    seq_len: int = _setting(128, "maximum tokens per sentence (with BOS/EOS); longer pairs are dropped up front")
+    vocab_size: int = _setting(8000, "subword vocabulary size of each tokenizer (BPE stops earlier on small corpora)")
+    valid_size: int = _setting(500, "pairs held out for validation when the corpus has no validation split")
+    test_size: int = _setting(500, "pairs held out for testing when the corpus has no test split")
+
+    # model
+    d_model: int = _setting(256, "width of the Transformer")
+    num_layers: int = _setting(3, "layers in the encoder and in the decoder (each)")
+    num_heads: int = _setting(4, "attention heads; must divide --d_model")
+    d_ff: int = _setting(1024, "hidden width of the feed-forward blocks")
+    dropout: float = _setting(0.1, "dropout probability in attention, feed-forward and embeddings")
+    tie_embeddings: bool = _setting(True, "share the decoder embedding with the output projection")
+
+    # optimisation
+    batch_size: int = _setting(64, "sentence pairs per batch on each rank (per micro-step)")
+    grad_accum_steps: int = _setting(1, "micro-steps per optimizer step; gradients are all-reduced on the last only")
+    num_epochs: int = _setting(4, "passes over the training split")
+    max_steps: int | None = _setting(None, "stop after this many optimizer steps (whichever comes first with epochs)")
+    lr: float = _setting(1e-3, "peak learning rate, reached after warmup")
+    lr_schedule: str = _setting("inverse_sqrt", "decay after warmup", choices=("inverse_sqrt", "cosine"))
+    warmup_steps: int = _setting(300, "linear warmup steps")
+    weight_decay: float = _setting(0.01, "AdamW weight decay (not applied to biases, norms and embeddings)")
+    grad_clip: float = _setting(1.0, "clip the global gradient norm to this value (0 disables)")
+    label_smoothing: float = _setting(0.1, "label smoothing of the training loss")
+    precision: str = _setting("auto", "auto = bf16 on GPUs that support it, fp16 (+GradScaler) on older GPUs, "
+                                      "fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = _setting(0, "seed of initialisation, dropout and data order")
+
+    # evaluation
+    eval_every: int = _setting(1000, "evaluate every N optimizer steps (and at the end of every epoch)")
+    eval_max_sentences: int = _setting(500, "validation sentences greedily decoded for BLEU/chrF at each evaluation")
+    log_every: int = _setting(50, "print and log training metrics every N optimizer steps")
+
+    # checkpoints
+    model_folder: str = _setting("weights", "folder for checkpoints, tokenizers and metrics (shared by all nodes)")
+    preload: str = _setting("latest", "resume from: 'latest' checkpoint in --model_folder, 'none', a step number "
+                                      "or a checkpoint path")
+    save_every: int = _setting(1000, "save a checkpoint every N optimizer steps (and at the end of training)")
+    keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2)")
+
+    # logging
+    wandb_mode: str = _setting("auto", "auto = online when logged in (WANDB_API_KEY or `wandb login`), otherwise "
+                                       "offline", choices=("auto", "online", "offline", "disabled"))
+    wandb_project: str = _setting("transformer-translation", "W&B project")
+    wandb_group: str | None = _setting(None, "W&B group, e.g. to gather the runs of one experiment")
+    wandb_run_name: str | None = _setting(None, "W&B run name (default: W&B picks one)")
+
+
+def _scalar_type(annotation):
+    """int for `int`, int for `int | None`; flags parse to the non-None member of an optional annotation."""
+    if isinstance(annotation, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return members[0]
+    return annotation
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train an encoder-decoder Transformer for translation "
+                                                 "(run with python or torchrun).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        kind = _scalar_type(hints[f.name])
+        kwargs = dict(default=f.default, help=f.metadata["help"])
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif hints[f.name] == (int | None):
+            kwargs["type"] = _optional_int
+        else:
+            kwargs["type"] = kind
+        parser.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Flags to a Config; argparse itself reports unknown flags and malformed values (exit 2)."""
+    return Config(**vars(build_parser().parse_args(argv)))
+
+
+def _check(condition: bool, flag: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"--{flag}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Check values that argparse cannot; raises UserError naming the flag to change."""
+    for name in ("seq_len", "vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "batch_size",
+                 "grad_accum_steps", "num_epochs", "eval_every", "eval_max_sentences", "log_every", "save_every"):
+        _check(getattr(cfg, name) > 0, name, f"must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("valid_size", "test_size", "warmup_steps"):
+        _check(getattr(cfg, name) >= 0, name, f"must be zero or positive, got {getattr(cfg, name)}")
+    _check(cfg.max_steps is None or cfg.max_steps > 0, "max_steps", f"must be positive, got {cfg.max_steps}")
+    _check(cfg.d_model % cfg.num_heads == 0, "num_heads",
+           f"must divide --d_model ({cfg.d_model} is not divisible by {cfg.num_heads})")
+    _check((cfg.d_model // cfg.num_heads) % 2 == 0, "num_heads", "--d_model / --num_heads must be even")
+    _check(cfg.seq_len >= 4, "seq_len", f"must be at least 4 to hold BOS, EOS and a word, got {cfg.seq_len}")
+    _check(cfg.vocab_size >= 300, "vocab_size", f"must be at least 300 (byte alphabet + specials), got {cfg.vocab_size}")
+    _check(0.0 <= cfg.dropout < 1.0, "dropout", f"must be in [0, 1), got {cfg.dropout}")
+    _check(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {cfg.label_smoothing}")
+    _check(cfg.lr > 0, "lr", f"must be positive, got {cfg.lr}")
+    _check(cfg.weight_decay >= 0, "weight_decay", f"must be zero or positive, got {cfg.weight_decay}")
+    _check(cfg.grad_clip >= 0, "grad_clip", f"must be zero or positive, got {cfg.grad_clip}")
+    _check(cfg.keep_last >= 2, "keep_last", f"must be at least 2, got {cfg.keep_last}")
+    _check(cfg.lang_src != cfg.lang_tgt, "lang_tgt", f"must differ from --lang_src ({cfg.lang_src})")
+    _check(bool(cfg.model_folder.strip()), "model_folder", "must not be empty")
+    _check(cfg.dataset_config is None or cfg.dataset != "builtin", "dataset_config",
+           "only applies to a hub dataset; the builtin corpus has none")
+    _check(bool(cfg.preload.strip()), "preload", "expected 'latest', 'none', a step number or a checkpoint path")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,289 @@
+"""Corpora, tokenizers, the tokenized dataset, the distributed batch sampler and collation.
+
+A corpus is three lists of (source, target) sentence pairs: train, validation, test. It comes from the builtin
+generator, the Hugging Face hub (`datasets.load_dataset`) or local files in the opus_books schema
+`{"id": ..., "translation": {"en": ..., "it": ...}}`. Nothing here knows about optimisation.
+"""
+
+import glob
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from config import Config, UserError
+
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0..3 in every tokenizer we train
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+SPLIT_SEED = 0  # fixed, so a train-only corpus splits the same way on every rank, restart and --seed
+
+Pairs = list[tuple[str, str]]
+
+
+# ----------------------------------------------------------------------------------------------- corpora
+
+def _pairs_from_examples(examples, split: str, src: str, tgt: str) -> Pairs:
+    pairs = []
+    for i, example in enumerate(examples):
+        translation = example.get("translation") if isinstance(example, dict) else None
+        if not isinstance(translation, dict):
+            raise UserError(f"{split} example {i} has no 'translation' dict: the corpus must follow the opus_books "
+                            f"schema {{'id', 'translation': {{'{src}': ..., '{tgt}': ...}}}}")
+        for lang, flag in ((src, "lang_src"), (tgt, "lang_tgt")):
+            if lang not in translation:
+                known = ", ".join(sorted(translation))
+                raise UserError(f"--{flag}: language {lang!r} is not in the corpus (its examples have: {known})")
+        pairs.append((translation[src] or "", translation[tgt] or ""))
+    return pairs
+
+
+def _data_file_builder(files: list[str]) -> str:
+    kinds = {"json" if f.endswith((".json", ".jsonl")) else "parquet" if f.endswith(".parquet") else f
+             for f in files}
+    if len(kinds) != 1 or not kinds <= {"json", "parquet"}:
+        raise UserError(f"--data_files: expected only .jsonl/.json or only .parquet files, got {sorted(kinds)}")
+    return kinds.pop()
+
+
+def _load_with_datasets(cfg: Config):
+    """A DatasetDict from the hub, a local dataset folder, or --data_files."""
+    import datasets  # heavy: imported only when a non-builtin corpus is asked for
+
+    datasets.disable_progress_bars()
+    if cfg.data_files:
+        files = []
+        for pattern in cfg.data_files.split(","):
+            matches = sorted(glob.glob(pattern.strip()))
+            if not matches:
+                raise UserError(f"--data_files: no file matches {pattern.strip()!r}")
+            files.extend(matches)
+        builder, source, flag = _data_file_builder(files), files, "data_files"
+        load = lambda: datasets.load_dataset(builder, data_files=files)  # noqa: E731
+    else:
+        source, flag = cfg.dataset, "dataset"
+        load = lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config)  # noqa: E731
+    try:
+        return load()
+    except Exception as e:  # the loader's many error types all mean "cannot load what was named"
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--{flag}: cannot load {source!r}: {first_line}") from None
+
+
+def split_pairs(pairs: Pairs, valid_size: int, test_size: int) -> dict[str, Pairs]:
+    """Deterministic held-out split of a train-only corpus: the same on every rank and on every restart."""
+    if valid_size + test_size >= len(pairs):
+        raise UserError(f"--valid_size/--test_size: the corpus has {len(pairs)} pairs, too few to hold out "
+                        f"{valid_size} + {test_size} and still train")
+    order = list(range(len(pairs)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    valid, test, train = order[:valid_size], order[valid_size:valid_size + test_size], order[valid_size + test_size:]
+    return {name: [pairs[i] for i in sorted(idx)] for name, idx in
+            (("train", train), ("validation", valid), ("test", test))}
+
+
+def load_corpus(cfg: Config) -> dict[str, Pairs]:
+    """{"train", "validation", "test"} lists of (source, target) pairs for the configured languages."""
+    if cfg.dataset == "builtin" and not cfg.data_files:
+        import builtin_corpus
+
+        splits = builtin_corpus.build_builtin_corpus(seed=0)
+    else:
+        splits = dict(_load_with_datasets(cfg))
+    if "train" not in splits:
+        raise UserError(f"--dataset: the corpus has no 'train' split (it has: {', '.join(sorted(splits))})")
+    corpus = {name: _pairs_from_examples(examples, name, cfg.lang_src, cfg.lang_tgt)
+              for name, examples in splits.items() if name in ("train", "validation", "test")}
+    if not corpus["train"]:
+        raise UserError("--dataset/--data_files: the corpus is empty (no training pairs)")
+    if "validation" not in corpus or "test" not in corpus:
+        held_out = split_pairs(corpus["train"], cfg.valid_size if "validation" not in corpus else 0,
+                               cfg.test_size if "test" not in corpus else 0)
+        corpus = {name: corpus.get(name) or held_out[name] for name in ("train", "validation", "test")}
+    if not corpus["validation"]:
+        raise UserError("--valid_size: the validation split is empty; hold out at least one pair")
+    return corpus
+
+
+# ----------------------------------------------------------------------------------------------- tokenizers
+
+def train_tokenizer(sentences: list[str], vocab_size: int):
+    """Byte-level BPE: every string survives decode(encode(text)) == text, whatever its characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(sentences, trainer=trainer)
+    return tokenizer
+
+
+def tokenizer_path(folder: str, lang: str) -> str:
+    return os.path.join(folder, f"tokenizer_{lang}.json")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
+    """Rank 0 only: the source and target tokenizers as JSON, loaded from the model folder if there, else
+    trained on the training split and saved there."""
+    from tokenizers import Tokenizer
+
+    out = []
+    for side, lang in ((0, cfg.lang_src), (1, cfg.lang_tgt)):
+        path = tokenizer_path(cfg.model_folder, lang)
+        if os.path.exists(path):
+            tokenizer = Tokenizer.from_file(path)
+        else:
+            tokenizer = train_tokenizer([pair[side] for pair in train], cfg.vocab_size)
+            write_atomically(path, tokenizer.to_str())
+        if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+            raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
+                            f"another --model_folder")
+        out.append(tokenizer.to_str())
+    return out[0], out[1]
+
+
+def tokenizer_from_json(text: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)
+
+
+# ----------------------------------------------------------------------------------------------- tokenized data
+
+class TranslationDataset(Dataset):
+    """Token ids of every pair, stored flat (two int32 tensors plus offsets) rather than as millions of lists.
+
+    Source: tokens + EOS. Target: BOS + tokens + EOS, split by `collate` into decoder input and labels."""
+
+    def __init__(self, src: list[list[int]], tgt: list[list[int]]):
+        self.src_lengths = torch.tensor([len(s) for s in src], dtype=torch.int64)
+        self.tgt_lengths = torch.tensor([len(t) for t in tgt], dtype=torch.int64)
+        self.src_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.src_lengths.cumsum(0)])
+        self.tgt_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.tgt_lengths.cumsum(0)])
+        self.src_tokens = torch.tensor([i for s in src for i in s], dtype=torch.int32)
+        self.tgt_tokens = torch.tensor([i for t in tgt for i in t], dtype=torch.int32)
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.src_tokens[self.src_offsets[i]:self.src_offsets[i + 1]],
+                self.tgt_tokens[self.tgt_offsets[i]:self.tgt_offsets[i + 1]])
+
+
+@dataclass
+class Tokenized:
+    dataset: TranslationDataset
+    kept: list[int]  # index into the split's pairs of every kept example
+    dropped_too_long: int
+    dropped_empty: int
+
+
+def tokenize_pairs(pairs: Pairs, src_tokenizer, tgt_tokenizer, seq_len: int) -> Tokenized:
+    """Tokenize a split once, in batches; pairs that do not fit in `seq_len` (or are empty) are dropped and counted."""
+    src_ids = [e.ids for e in src_tokenizer.encode_batch([p[0] for p in pairs], add_special_tokens=False)]
+    tgt_ids = [e.ids for e in tgt_tokenizer.encode_batch([p[1] for p in pairs], add_special_tokens=False)]
+    src, tgt, kept, too_long, empty = [], [], [], 0, 0
+    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+        if not s or not t:
+            empty += 1
+        elif len(s) + 1 > seq_len or len(t) + 2 > seq_len:
+            too_long += 1
+        else:
+            src.append(s + [EOS_ID])
+            tgt.append([BOS_ID] + t + [EOS_ID])
+            kept.append(i)
+    return Tokenized(TranslationDataset(src, tgt), kept, too_long, empty)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence of this batch (not to a fixed length)."""
+    src_len = max(len(s) for s, _ in batch)
+    tgt_len = max(len(t) for _, t in batch) - 1
+    src = torch.full((len(batch), src_len), PAD_ID, dtype=torch.long)
+    tgt_in = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
+    tgt_out = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
+    for row, (s, t) in enumerate(batch):
+        src[row, :len(s)] = s
+        tgt_in[row, :len(t) - 1] = t[:-1]
+        tgt_out[row, :len(t) - 1] = t[1:]
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+class DistributedBatchSampler(Sampler[list[int]]):
+    """Yields this rank's share of each global batch.
+
+    Every rank draws the same permutation from `seed + epoch`; consecutive chunks of `world_size * batch_size`
+    examples form the global batches, and rank r takes the r-th slice of each. So shards are disjoint, every rank
+    has the same number of batches (no rank waits alone in a collective), and the position in an epoch is one
+    number, the samples consumed, which does not depend on the world size: a run can resume mid-epoch, even with
+    another number of ranks. The last, partial global batch is split as evenly as possible over the ranks
+    (training normalises the loss by global token count, so uneven batches weigh correctly); fewer examples
+    than ranks are left for the next epoch's shuffle.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 shuffle: bool = True):
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start_sample = 0, 0
+
+    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
+        """Call before every epoch; `start_sample` > 0 resumes inside it."""
+        self.epoch, self.start_sample = epoch, start_sample
+
+    def epoch_order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_examples))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def global_batches(self) -> list[list[int]]:
+        """The rest of this epoch's global batches, from `start_sample` on."""
+        order = self.epoch_order()[self.start_sample:]
+        size = self.world_size * self.batch_size
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        if batches and len(batches[-1]) < self.world_size:
+            batches.pop()
+        return batches
+
+    def rank_share(self, global_batch: list[int]) -> list[int]:
+        per_rank, extra = divmod(len(global_batch), self.world_size)
+        start = self.rank * per_rank + min(self.rank, extra)
+        return global_batch[start:start + per_rank + (self.rank < extra)]
+
+    def __iter__(self):
+        for global_batch in self.global_batches():
+            yield self.rank_share(global_batch)
+
+    def __len__(self) -> int:
+        remaining = self.num_examples - self.start_sample
+        size = self.world_size * self.batch_size
+        full, tail = divmod(remaining, size)
+        return full + (tail >= self.world_size)
+
+    def position_after(self, batches_done: int) -> int:
+        """Samples of the epoch consumed once this rank has taken `batches_done` batches since `set_epoch`."""
+        return min(self.start_sample + batches_done * self.world_size * self.batch_size, self.num_examples)
+
+
+def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:
+    """A disjoint, strided share of an evaluation split (ranks may differ by one example)."""
+    return list(range(rank, num_examples, world_size))

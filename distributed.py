@@ -1,0 +1,143 @@
+"""Process-group setup and teardown, and the few collectives the trainer needs, with names that say what they do.
+
+The same code runs under `python train.py` (world size 1, no process group) and under `torchrun` (RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set by the launcher). NCCL when CUDA is available, gloo otherwise.
+"""
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from config import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the only process that writes files, checkpoints and W&B."""
+        return self.rank == 0
+
+
+def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
+    if "RANK" not in os.environ:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
+                            f"lower --nproc_per_node")
+        # Before init_process_group, so NCCL binds this process to its own GPU.
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                            **({"device_id": device} if backend == "nccl" else {}))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _all_reduce(values: list[float], op, device: torch.device) -> list[float]:
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def dist_sum(values: list[float], device: torch.device) -> list[float]:
+    return _all_reduce(values, dist.ReduceOp.SUM, device)
+
+
+def dist_max(values: list[float], device: torch.device) -> list[float]:
+    return _all_reduce(values, dist.ReduceOp.MAX, device)
+
+
+def broadcast_from_main(obj):
+    """Rank 0's `obj` on every rank (any picklable object)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(obj) -> list | None:
+    """Every rank's `obj`, in rank order, on rank 0; None elsewhere."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def raise_if_any_failed(error: str | None) -> None:
+    """Collective: every rank raises UserError if any rank reported an error, so none is left waiting alone.
+
+    Call it at every start-up step that can fail on some ranks only (files seen by one node, rank-0-only work)."""
+    errors = [error]
+    if is_distributed():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    for rank, message in enumerate(errors):
+        if message is not None:
+            raise UserError(message if len(errors) == 1 else f"{message} (on rank {rank})")
+
+
+def run_on_main(fn):
+    """Run `fn` on rank 0 only and hand its result to every rank; a UserError raised there is raised on all ranks."""
+    result, error = None, None
+    if not is_distributed() or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_from_main(error)
+    if error is not None:
+        raise UserError(error)
+    return broadcast_from_main(result)
+
+
+def main_first(fn):
+    """Run `fn` on rank 0, then on every other rank (so a download lands in the cache once); a UserError on any rank
+    is raised on all of them."""
+    result, error = None, None
+    if not is_distributed() or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_from_main(error)
+    if error is not None:
+        raise UserError(error)
+    if is_distributed() and dist.get_rank() != 0:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    raise_if_any_failed(error)
+    return result

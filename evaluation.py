@@ -1,0 +1,100 @@
+"""Validation on every rank: a token-weighted loss and greedy translations scored with sacreBLEU.
+
+Each rank works on its own shard through the unwrapped model (never a DDP forward alone), then one all-reduce
+(loss) and one gather (translations) bring the results together; rank 0 scores BLEU and chrF on detokenized text.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dataset import BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, shard_for_rank
+from distributed import DistInfo, dist_sum, gather_to_main
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    tokens: int
+    bleu: float | None = None  # rank 0 only
+    chrf: float | None = None
+    bleu_signature: str = ""
+    samples: list[tuple[str, str, str]] | None = None  # (source, reference, hypothesis)
+
+
+def _length_sorted_batches(dataset: TranslationDataset, indices: list[int], batch_size: int):
+    """Batches of similar source length, so little compute goes to padding."""
+    ordered = sorted(indices, key=lambda i: int(dataset.src_lengths[i]))
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
+        yield chunk, collate([dataset[i] for i in chunk])
+
+
+@torch.no_grad()
+def validation_loss(model, dataset: TranslationDataset, dist_info: DistInfo, batch_size: int,
+                    autocast) -> tuple[float, int]:
+    """Mean cross-entropy per target token over the whole split (all ranks), without label smoothing."""
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    indices = shard_for_rank(len(dataset), dist_info.rank, dist_info.world_size)
+    for _, batch in _length_sorted_batches(dataset, indices, batch_size):
+        src, tgt_in, tgt_out = (batch[k].to(dist_info.device) for k in ("src", "tgt_in", "tgt_out"))
+        with autocast():
+            logits = model(src, tgt_in)
+        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
+                                    reduction="sum").item()
+        tokens += int((tgt_out != PAD_ID).sum())
+    loss_sum, tokens = dist_sum([loss_sum, tokens], dist_info.device)
+    return loss_sum / max(tokens, 1), int(tokens)
+
+
+def max_output_length(src_length: int) -> int:
+    """Translations are cut at twice the source length plus a margin: an untrained model never loops for long."""
+    return 2 * src_length + 10
+
+
+@torch.no_grad()
+def greedy_translations(model, dataset: TranslationDataset, indices: list[int], tgt_tokenizer, batch_size: int,
+                        device, autocast) -> dict[int, str]:
+    """{dataset index: detokenized hypothesis} for the given examples."""
+    model.eval()
+    out = {}
+    for chunk, batch in _length_sorted_batches(dataset, indices, batch_size):
+        with autocast():
+            tokens = model.greedy_decode(batch["src"].to(device), BOS_ID, EOS_ID,
+                                         max_output_length(batch["src"].shape[1]))
+        texts = tgt_tokenizer.decode_batch(tokens.tolist(), skip_special_tokens=True)
+        out.update(zip(chunk, texts))
+    return out
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> tuple[float, float, str]:
+    """sacreBLEU BLEU and chrF on detokenized text, with the BLEU signature."""
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return bleu_score.score, chrf_score.score, str(bleu.get_signature())
+
+
+def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], kept: list[int], tgt_tokenizer,
+             dist_info: DistInfo, batch_size: int, max_sentences: int, autocast,
+             num_samples: int = 3) -> EvalResult:
+    """Collective: every rank must call it. `pairs[kept[i]]` is the text of dataset example i."""
+    loss, tokens = validation_loss(model, dataset, dist_info, batch_size, autocast)
+    scored = min(max_sentences, len(dataset))
+    mine = shard_for_rank(scored, dist_info.rank, dist_info.world_size)
+    hypotheses = greedy_translations(model, dataset, mine, tgt_tokenizer, batch_size, dist_info.device, autocast)
+    gathered = gather_to_main(hypotheses)
+    result = EvalResult(loss=loss, tokens=tokens)
+    if gathered is None:
+        return result
+    merged = {i: text for shard in gathered for i, text in shard.items()}
+    hyps = [merged[i] for i in range(scored)]
+    refs = [pairs[kept[i]][1] for i in range(scored)]
+    result.bleu, result.chrf, result.bleu_signature = corpus_scores(hyps, refs)
+    result.samples = [(pairs[kept[i]][0], refs[i], hyps[i]) for i in range(min(num_samples, scored))]
+    return result

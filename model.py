@@ -1,0 +1,204 @@
+"""The encoder-decoder Transformer, written from scratch: no I/O, no distributed code.
+
+Pre-norm blocks, sinusoidal positions, boolean masks handed to `F.scaled_dot_product_attention` (so nothing is
+filled with -1e9 and fp16 cannot overflow), and a key/value cache for incremental greedy decoding.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 256
+    num_heads: int = 4
+    num_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 128
+    pad_id: int = 0
+    tie_embeddings: bool = True
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head attention; queries from `x`, keys and values from `x` (self) or from `memory` (cross)."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, cross: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.cross = cross
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, D/H)
+        b, length, d = t.shape
+        return t.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_proj(source).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x, memory=None, mask=None, is_causal=False, cache=None):
+        """`mask` is boolean, True where a query may attend. `cache` (decoding only) is a dict that keeps
+        this layer's keys/values: the projected memory for cross-attention, the growing prefix for self-attention."""
+        q = self._heads(self.q_proj(x))
+        if cache is None:
+            k, v = self.project_kv(memory if self.cross else x)
+        elif self.cross:
+            if "k" not in cache:
+                cache["k"], cache["v"] = self.project_kv(memory)
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = self.project_kv(x)
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        b, h, length, dh = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, length, h * dh))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.down = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.down(self.dropout(F.gelu(self.up(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(c.d_model)
+        self.attn = Attention(c.d_model, c.num_heads, c.dropout, cross=False)
+        self.norm_ff = nn.LayerNorm(c.d_model)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, src_mask):
+        x = x + self.dropout(self.attn(self.norm_attn(x), mask=src_mask))
+        return x + self.dropout(self.ff(self.norm_ff(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(c.d_model)
+        self.self_attn = Attention(c.d_model, c.num_heads, c.dropout, cross=False)
+        self.norm_cross = nn.LayerNorm(c.d_model)
+        self.cross_attn = Attention(c.d_model, c.num_heads, c.dropout, cross=True)
+        self.norm_ff = nn.LayerNorm(c.d_model)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, memory, src_mask, cache=None):
+        # With a cache, x holds only the newest position: it may see the whole cached prefix, so no causal mask.
+        self_cache, cross_cache = (None, None) if cache is None else (cache["self"], cache["cross"])
+        x = x + self.dropout(self.self_attn(self.norm_self(x), is_causal=cache is None, cache=self_cache))
+        x = x + self.dropout(self.cross_attn(self.norm_cross(x), memory, mask=src_mask, cache=cross_cache))
+        return x + self.dropout(self.ff(self.norm_ff(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.config = c
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
+        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model)
+        self.register_buffer("positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
+        self.embed_dropout = nn.Dropout(c.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.encoder_norm = nn.LayerNorm(c.d_model)
+        self.decoder_norm = nn.LayerNorm(c.d_model)
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self._init_weights()
+        if c.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    def _init_weights(self):
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                # Embeddings are scaled by sqrt(d_model) in _embed, so unit-variance rows after scaling.
+                nn.init.normal_(module.weight, std=self.config.d_model ** -0.5)
+
+    def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        length = tokens.shape[1]
+        x = embedding(tokens) * math.sqrt(self.config.d_model) + self.positions[offset:offset + length]
+        return self.embed_dropout(x)
+
+    def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, S) boolean: True at real source tokens, the keys every query may attend to."""
+        return (src != self.config.pad_id)[:, None, None, :]
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x)
+
+    def decode(self, tgt_in, memory, src_mask, caches=None, offset: int = 0) -> torch.Tensor:
+        x = self._embed(self.tgt_embed, tgt_in, offset)
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer(x, memory, src_mask, cache=None if caches is None else caches[i])
+        return self.output(self.decoder_norm(x))
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for teacher-forced decoder inputs. Right-padded targets need no mask of their own:
+        the causal mask already keeps every real position away from the padding that follows it."""
+        src_mask = self.source_mask(src)
+        return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
+
+    @torch.no_grad()
+    def greedy_decode(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int,
+                      use_cache: bool = True) -> torch.Tensor:
+        """Greedy translation of a batch: (B, <=max_new_tokens) token ids, EOS and what follows it set to pad."""
+        max_new_tokens = min(max_new_tokens, self.config.max_len)
+        src_mask = self.source_mask(src)
+        memory = self.encode(src, src_mask)
+        batch = src.shape[0]
+        tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+        caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers] if use_cache else None
+        for step in range(max_new_tokens):
+            if use_cache:
+                logits = self.decode(tokens[:, -1:], memory, src_mask, caches, offset=step)
+            else:
+                logits = self.decode(tokens, memory, src_mask)
+            next_token = logits[:, -1].argmax(dim=-1)
+            next_token = next_token.masked_fill(finished, self.config.pad_id)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            finished |= next_token == eos_id
+            if bool(finished.all()):
+                break
+        out = tokens[:, 1:]
+        return out.masked_fill((out == eos_id).cumsum(dim=1) > 0, self.config.pad_id)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,311 @@
+"""Train an encoder-decoder Transformer for translation on one process or many.
+
+    python train.py                                       # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=2 train.py     # one node, two processes
+    torchrun --nproc_per_node=8 --nnodes=2 --rdzv_id=456 --rdzv_backend=c10d --rdzv_endpoint=HOST:48123 train.py
+
+Reads top to bottom: config -> distributed setup -> data -> model -> optimizer -> resume -> loop -> teardown.
+Global rank 0 alone writes to --model_folder (tokenizers, checkpoints, metrics.jsonl, W&B).
+"""
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import checkpoint
+import dataset as data
+from config import Config, UserError, parse_config, to_dict, validate
+from distributed import (DistInfo, barrier, destroy_distributed, dist_max, dist_sum,
+                         gather_to_main, init_distributed, main_first, run_on_main)
+from evaluation import evaluate
+from model import ModelConfig, Transformer, count_parameters
+from monitor import RunMonitor, new_run_id
+
+# Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
+ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
+                         "seq_len")
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on P4000/V100-class GPUs
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU: use fp32 or bf16 on a CPU")
+    return requested
+
+
+def make_autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_multiplier(cfg: Config, total_steps: int):
+    """Linear warmup to --lr, then inverse square root or cosine decay; a function of optimizer steps done."""
+    warmup = max(cfg.warmup_steps, 1)
+
+    def multiplier(steps_done: int) -> float:
+        step = steps_done + 1
+        if step <= cfg.warmup_steps:
+            return step / warmup
+        if cfg.lr_schedule == "inverse_sqrt":
+            return math.sqrt(warmup / step)
+        progress = min((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_resumable(saved: dict, cfg: Config, tokenizer_ids: dict) -> None:
+    """A clear error, naming the difference, when a checkpoint does not fit this run."""
+    saved_cfg = saved["config"]
+    diffs = [f"--{k} {saved_cfg.get(k)} (checkpoint) vs {getattr(cfg, k)} (now)"
+             for k in ARCHITECTURE_SETTINGS if saved_cfg.get(k) != getattr(cfg, k)]
+    diffs += [f"the {side} tokenizer differs from the checkpoint's" for side in ("src", "tgt")
+              if saved["tokenizers"][side] != tokenizer_ids[side]]
+    if diffs:
+        raise UserError(f"cannot resume from step {saved['step']}: {'; '.join(diffs)} "
+                        f"(use the same settings, another --model_folder, or --preload none)")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def train(cfg: Config, info: DistInfo) -> None:
+    say = tqdm.write if info.is_main else (lambda *_: None)
+    precision = resolve_precision(cfg.precision, info.device)
+    autocast = make_autocast(precision, info.device)
+    say(f"config: {json.dumps(to_dict(cfg))}")
+    say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
+
+    # ---- data: rank 0 loads first (hub downloads land in the cache once), then the others read it
+    corpus = main_first(lambda: data.load_corpus(cfg))
+    run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
+    # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
+    src_json, tgt_json = run_on_main(lambda: data.build_tokenizer_json(cfg, corpus["train"]))
+    src_tok, tgt_tok = data.tokenizer_from_json(src_json), data.tokenizer_from_json(tgt_json)
+    tokenizer_ids = {side: hashlib.sha256(text.encode()).hexdigest() for side, text in (("src", src_json),
+                                                                                        ("tgt", tgt_json))}
+    train_set = data.tokenize_pairs(corpus["train"], src_tok, tgt_tok, cfg.seq_len)
+    valid_set = data.tokenize_pairs(corpus["validation"], src_tok, tgt_tok, cfg.seq_len)
+    for name, split in (("train", train_set), ("validation", valid_set)):
+        say(f"{name}: {len(split.dataset)} pairs kept, {split.dropped_too_long} dropped as longer than "
+            f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
+    if len(train_set.dataset) < info.world_size or len(valid_set.dataset) == 0:
+        raise UserError(f"--seq_len {cfg.seq_len}: too few pairs fit ({len(train_set.dataset)} train, "
+                        f"{len(valid_set.dataset)} validation); raise --seq_len")
+    sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
+                                           cfg.seed)
+    loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
+                        pin_memory=info.device.type == "cuda")
+
+    # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps)
+    torch.manual_seed(cfg.seed)
+    model_cfg = ModelConfig(src_vocab_size=src_tok.get_vocab_size(), tgt_vocab_size=tgt_tok.get_vocab_size(),
+                            d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
+                            dropout=cfg.dropout, max_len=cfg.seq_len, pad_id=data.PAD_ID,
+                            tie_embeddings=cfg.tie_embeddings)
+    raw_model = Transformer(model_cfg).to(info.device)
+    say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
+        f"{model_cfg.tgt_vocab_size}")
+    optimizer = build_optimizer(raw_model, cfg, info.device)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
+    total_steps = min(cfg.max_steps or math.inf, cfg.num_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
+    step, epoch, epoch_sample, skipped_steps, run_id = 0, 0, 0, 0, new_run_id()
+    torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
+    random.seed(cfg.seed + info.rank)
+    saved = run_on_main(lambda: (lambda p: p and checkpoint.load_checkpoint(p))(
+        checkpoint.resolve_preload(cfg.model_folder, cfg.preload)))
+    if saved:
+        check_resumable(saved, cfg, tokenizer_ids)
+        raw_model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        step, epoch, epoch_sample = saved["step"], saved["epoch"], saved["epoch_sample"]
+        skipped_steps, run_id = saved["skipped_steps"], saved["wandb_run_id"]
+        if len(saved["rng"]) == info.world_size:
+            set_rng_state(saved["rng"][info.rank], info.device)
+        say(f"resumed from step {step} (epoch {epoch}, {epoch_sample} samples into it)")
+    del saved
+    model = DDP(raw_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                broadcast_buffers=False, gradient_as_bucket_view=True) if info.world_size > 1 else raw_model
+    monitor = RunMonitor(cfg, enabled=info.is_main, run_id=run_id)
+
+    last_saved_step = step if step > 0 else -1  # a resumed step is already on disk
+
+    def save() -> None:
+        """Collective: every rank hands its RNG state to rank 0, which writes; the others wait at the barrier."""
+        nonlocal last_saved_step
+        if last_saved_step == step:
+            return
+        last_saved_step = step
+        rng = gather_to_main(rng_state(info.device))
+        if info.is_main:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "step": step, "epoch": epoch, "epoch_sample": epoch_sample, "skipped_steps": skipped_steps,
+                     "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng}
+            say(f"saved {checkpoint.save_checkpoint(cfg.model_folder, step, state, cfg.keep_last)}")
+        barrier()
+
+    last_eval_step = -1
+
+    def run_evaluation() -> None:
+        nonlocal last_eval_step
+        result = evaluate(raw_model, valid_set.dataset, corpus["validation"], valid_set.kept, tgt_tok, info,
+                          cfg.batch_size, cfg.eval_max_sentences, autocast)
+        last_eval_step = step
+        if info.is_main:
+            say(f"step {step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF {result.chrf:.2f} "
+                f"| {result.bleu_signature}")
+            for source, reference, hypothesis in result.samples:
+                say(f"  src: {source}\n  ref: {reference}\n  hyp: {hypothesis}")
+            monitor.log(step, {"val/loss": result.loss, "val/bleu": result.bleu, "val/chrf": result.chrf})
+            monitor.log_samples(step, result.samples)
+        raw_model.train()
+
+    # ---- the loop: one optimizer step per --grad_accum_steps micro-batches
+    raw_model.train()
+    progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
+                    disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    while step < total_steps and epoch < cfg.num_epochs:
+        sampler.set_epoch(epoch, epoch_sample)
+        batches, remaining = iter(loader), len(sampler)
+        while remaining > 0 and step < total_steps:
+            micro_batches = [next(batches) for _ in range(min(cfg.grad_accum_steps, remaining))]
+            remaining -= len(micro_batches)
+            # Normalise by the global count of target tokens, so every token weighs the same on every rank.
+            local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)
+            (global_tokens,) = dist_sum([local_tokens], info.device)
+            loss_sum = torch.zeros((), device=info.device)
+            for i, batch in enumerate(micro_batches):
+                src, tgt_in, tgt_out = (batch[k].to(info.device, non_blocking=True)
+                                        for k in ("src", "tgt_in", "tgt_out"))
+                sync = i == len(micro_batches) - 1  # all-reduce gradients on the last micro-step only
+                with (contextlib.nullcontext() if sync or model is raw_model else model.no_sync()):
+                    with autocast():
+                        logits = model(src, tgt_in)
+                    micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
+                                                 ignore_index=data.PAD_ID, label_smoothing=cfg.label_smoothing,
+                                                 reduction="sum")
+                    # DDP averages gradients over ranks; scaling by world size turns that into a global sum.
+                    scaled = micro_loss * info.world_size / global_tokens
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_sum += micro_loss.detach()
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
+            step_loss, nonfinite = dist_sum([loss_sum.item(), float(not torch.isfinite(grad_norm))], info.device)
+            if nonfinite == 0 and math.isfinite(step_loss):
+                if scaler:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            else:
+                skipped_steps += 1  # every rank took the same decision from the same all-reduced numbers
+                say(f"step {step + 1}: non-finite loss or gradient, step skipped ({skipped_steps} so far)")
+            if scaler:
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            epoch_sample = sampler.position_after(len(sampler) - remaining)
+            window_loss += step_loss
+            window_tokens += global_tokens
+            progress.update(1)
+
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
+                           "train/grad_norm": float(grad_norm), "train/tokens_per_s": window_tokens / elapsed,
+                           "train/epoch": epoch, "train/skipped_steps": skipped_steps,
+                           "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
+                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+                say(f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
+                    f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tgt tok/s | "
+                    f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
+                monitor.log(step, metrics)
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            if step % cfg.eval_every == 0:
+                run_evaluation()
+            if step % cfg.save_every == 0:
+                save()
+        if remaining == 0:  # the epoch ran to its end (not stopped by --max_steps)
+            epoch, epoch_sample = epoch + 1, 0
+            if last_eval_step != step:
+                run_evaluation()
+            save()
+    progress.close()
+    if last_eval_step != step:
+        run_evaluation()
+    save()
+    monitor.close()
+    say(f"done: {step} steps, {skipped_steps} skipped")
+
+
+@record
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(argv)
+    exit_code = 0
+    try:
+        validate(cfg)  # identical on every rank, so all ranks stop here together, before any collective
+        info = init_distributed()
+        train(cfg, info)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        exit_code = 2
+    finally:
+        destroy_distributed()
+    if exit_code:
+        sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()
