@@ -60,6 +60,8 @@ def _load_with_datasets(cfg: Config):
             if not matches:
                 raise UserError(f"--data_files: no file matches {pattern.strip()!r}")
             files.extend(matches)
+        if all(os.path.getsize(f) == 0 for f in files):
+            raise UserError(f"--data_files: the corpus is empty ({', '.join(files)} hold no pairs)")
         builder, source, flag = _data_file_builder(files), files, "data_files"
         load = lambda: datasets.load_dataset(builder, data_files=files)  # noqa: E731
     else:
@@ -98,10 +100,12 @@ def load_corpus(cfg: Config) -> dict[str, Pairs]:
               for name, examples in splits.items() if name in ("train", "validation", "test")}
     if not corpus["train"]:
         raise UserError("--dataset/--data_files: the corpus is empty (no training pairs)")
-    if "validation" not in corpus or "test" not in corpus:
-        held_out = split_pairs(corpus["train"], cfg.valid_size if "validation" not in corpus else 0,
-                               cfg.test_size if "test" not in corpus else 0)
-        corpus = {name: corpus.get(name) or held_out[name] for name in ("train", "validation", "test")}
+    missing = [name for name in ("validation", "test") if name not in corpus]
+    if missing:
+        held_out = split_pairs(corpus["train"], cfg.valid_size if "validation" in missing else 0,
+                               cfg.test_size if "test" in missing else 0)
+        corpus = {"train": held_out["train"], **{name: corpus.get(name, held_out[name])
+                                                 for name in ("validation", "test")}}
     if not corpus["validation"]:
         raise UserError("--valid_size: the validation split is empty; hold out at least one pair")
     return corpus

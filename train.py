@@ -16,6 +16,7 @@ import random
 import resource
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,49 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+@dataclass
+class StepResult:
+    loss_sum: float  # label-smoothed loss summed over the step's target tokens, all ranks
+    tokens: int  # non-padding target tokens of the step, all ranks
+    grad_norm: float
+    skipped: bool  # non-finite loss or gradient: no update on any rank
+
+
+def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], cfg: Config, info: DistInfo,
+               autocast) -> StepResult:
+    """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches."""
+    # Normalise by the global count of target tokens, so every token weighs the same whatever the split.
+    local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)
+    (global_tokens,) = dist_sum([local_tokens], info.device)
+    loss_sum = torch.zeros((), device=info.device)
+    for i, batch in enumerate(micro_batches):
+        src, tgt_in, tgt_out = (batch[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
+        sync = i == len(micro_batches) - 1  # all-reduce gradients on the last micro-step only
+        with contextlib.nullcontext() if sync or model is raw_model else model.no_sync():
+            with autocast():
+                logits = model(src, tgt_in)
+            micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=data.PAD_ID,
+                                         label_smoothing=cfg.label_smoothing, reduction="sum")
+            # DDP averages gradients over ranks; scaling by the world size turns that into a global sum.
+            scaled = micro_loss * info.world_size / global_tokens
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        loss_sum += micro_loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
+    step_loss, nonfinite = dist_sum([loss_sum.item(), float(not torch.isfinite(grad_norm))], info.device)
+    skipped = nonfinite > 0 or not math.isfinite(step_loss)
+    if not skipped:
+        if scaler:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if scaler:
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_loss, int(global_tokens), float(grad_norm), skipped)
 
 
 def train(cfg: Config, info: DistInfo) -> None:
@@ -221,50 +265,21 @@ def train(cfg: Config, info: DistInfo) -> None:
         while remaining > 0 and step < total_steps:
             micro_batches = [next(batches) for _ in range(min(cfg.grad_accum_steps, remaining))]
             remaining -= len(micro_batches)
-            # Normalise by the global count of target tokens, so every token weighs the same on every rank.
-            local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)
-            (global_tokens,) = dist_sum([local_tokens], info.device)
-            loss_sum = torch.zeros((), device=info.device)
-            for i, batch in enumerate(micro_batches):
-                src, tgt_in, tgt_out = (batch[k].to(info.device, non_blocking=True)
-                                        for k in ("src", "tgt_in", "tgt_out"))
-                sync = i == len(micro_batches) - 1  # all-reduce gradients on the last micro-step only
-                with (contextlib.nullcontext() if sync or model is raw_model else model.no_sync()):
-                    with autocast():
-                        logits = model(src, tgt_in)
-                    micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
-                                                 ignore_index=data.PAD_ID, label_smoothing=cfg.label_smoothing,
-                                                 reduction="sum")
-                    # DDP averages gradients over ranks; scaling by world size turns that into a global sum.
-                    scaled = micro_loss * info.world_size / global_tokens
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                loss_sum += micro_loss.detach()
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
-            step_loss, nonfinite = dist_sum([loss_sum.item(), float(not torch.isfinite(grad_norm))], info.device)
-            if nonfinite == 0 and math.isfinite(step_loss):
-                if scaler:
-                    scaler.step(optimizer)
-                else:
-                    optimizer.step()
-            else:
+            result = train_step(model, raw_model, optimizer, scaler, micro_batches, cfg, info, autocast)
+            if result.skipped:
                 skipped_steps += 1  # every rank took the same decision from the same all-reduced numbers
                 say(f"step {step + 1}: non-finite loss or gradient, step skipped ({skipped_steps} so far)")
-            if scaler:
-                scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             epoch_sample = sampler.position_after(len(sampler) - remaining)
-            window_loss += step_loss
-            window_tokens += global_tokens
+            window_loss += result.loss_sum
+            window_tokens += result.tokens
             progress.update(1)
 
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                           "train/grad_norm": float(grad_norm), "train/tokens_per_s": window_tokens / elapsed,
+                           "train/grad_norm": result.grad_norm, "train/tokens_per_s": window_tokens / elapsed,
                            "train/epoch": epoch, "train/skipped_steps": skipped_steps,
                            "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
                 progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")

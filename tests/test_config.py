@@ -1,0 +1,54 @@
+import dataclasses
+
+import pytest
+
+from config import Config, UserError, build_parser, parse_config, validate
+
+
+def test_every_setting_is_a_flag_with_help():
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(Config):
+        assert f.name in actions, f.name
+        assert actions[f.name].help and actions[f.name].default == f.default
+
+
+def test_flags_of_the_projects_we_replace_still_parse():
+    cfg = parse_config(["--batch_size", "8", "--num_epochs", "2", "--lr", "0.0002", "--seq_len", "64",
+                        "--d_model", "128", "--lang_src", "en", "--lang_tgt", "fr", "--model_folder", "/mnt/w",
+                        "--preload", "none", "--wandb_group", "exp1"])
+    assert (cfg.batch_size, cfg.num_epochs, cfg.lr, cfg.seq_len, cfg.d_model) == (8, 2, 0.0002, 64, 128)
+    assert (cfg.lang_tgt, cfg.model_folder, cfg.preload, cfg.wandb_group) == ("fr", "/mnt/w", "none", "exp1")
+    validate(cfg)
+
+
+def test_types_booleans_and_optional_ints():
+    cfg = parse_config(["--no-tie_embeddings", "--max_steps", "7", "--dropout", "0.3"])
+    assert cfg.tie_embeddings is False and cfg.max_steps == 7 and cfg.dropout == 0.3
+    assert parse_config(["--max_steps", "none"]).max_steps is None
+    assert parse_config([]) == Config()
+
+
+def test_unknown_choice_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--precision", "fp8"])
+    assert e.value.code == 2
+    assert "--precision" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--d_model", "100", "--num_heads", "3"], "--num_heads"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--num_layers", "-1"], "--num_layers"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--lang_tgt", "en"], "--lang_tgt"),
+    (["--keep_last", "1"], "--keep_last"),
+    (["--max_steps", "0"], "--max_steps"),
+    (["--vocab_size", "10"], "--vocab_size"),
+    (["--dataset_config", "en-it"], "--dataset_config"),
+])
+def test_invalid_values_name_the_flag(args, flag):
+    with pytest.raises(UserError) as e:
+        validate(parse_config(args))
+    assert str(e.value).startswith(flag)
+    assert "\n" not in str(e.value)

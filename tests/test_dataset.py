@@ -1,0 +1,145 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dataset as data
+from config import UserError, parse_config
+from conftest import ROOT, toy_pairs, write_jsonl
+
+
+def corpus_from_files(tmp_path, pairs, *flags):
+    path = write_jsonl(tmp_path / "corpus.jsonl", pairs)
+    return data.load_corpus(parse_config(["--data_files", path, *flags]))
+
+
+def test_train_only_corpus_splits_deterministically_and_disjointly(tmp_path):
+    pairs = [(f"sentence {i}", f"frase {i}") for i in range(300)]
+    a = corpus_from_files(tmp_path, pairs, "--valid_size", "20", "--test_size", "30")
+    b = corpus_from_files(tmp_path, pairs, "--valid_size", "20", "--test_size", "30", "--seed", "7")
+    assert a == b  # independent of --seed, so a restart with another seed keeps the split
+    assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (250, 20, 30)
+    assert sorted(a["train"] + a["validation"] + a["test"]) == sorted(pairs)
+    assert a["validation"] != pairs[:20]  # shuffled, not the head of the file
+
+
+def test_split_is_identical_in_another_process():
+    """Ranks are separate processes: the split must not depend on hash seeds or process state."""
+    code = ("import dataset; p=[(str(i), str(i)) for i in range(100)]; "
+            "print(dataset.split_pairs(p, 10, 10)['validation'])")
+    outputs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(outputs) == 1
+    assert outputs.pop().strip() == str(data.split_pairs([(str(i), str(i)) for i in range(100)], 10, 10)["validation"])
+
+
+def test_existing_validation_and_test_splits_are_used(tmp_path):
+    for split, n in (("train", 40), ("validation", 5), ("test", 6)):
+        write_jsonl(tmp_path / f"{split}.jsonl", [(f"{split} {i}", f"{split} it {i}") for i in range(n)])
+    # A local dataset folder goes through datasets.load_dataset exactly like a hub name.
+    corpus = data.load_corpus(parse_config(["--dataset", str(tmp_path)]))
+    assert [len(corpus[s]) for s in ("train", "validation", "test")] == [40, 5, 6]
+    assert corpus["validation"][0] == ("validation 0", "validation it 0")
+
+
+def test_parquet_and_glob_data_files(tmp_path):
+    import datasets
+
+    rows = [{"id": str(i), "translation": {"en": f"a {i}", "it": f"b {i}"}} for i in range(50)]
+    datasets.Dataset.from_list(rows[:25]).to_parquet(str(tmp_path / "part-0.parquet"))
+    datasets.Dataset.from_list(rows[25:]).to_parquet(str(tmp_path / "part-1.parquet"))
+    corpus = data.load_corpus(parse_config(["--data_files", str(tmp_path / "*.parquet"), "--valid_size", "5",
+                                            "--test_size", "5"]))
+    assert sum(len(v) for v in corpus.values()) == 50
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lang_src", "de"], "--lang_src: language 'de' is not in the corpus"),
+    (["--lang_tgt", "fr"], "--lang_tgt: language 'fr' is not in the corpus"),
+])
+def test_unknown_language_is_a_clear_error(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        corpus_from_files(tmp_path, toy_pairs(50), "--valid_size", "5", "--test_size", "5", *flags)
+
+
+def test_empty_corpus_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="--data_files: the corpus is empty"):
+        corpus_from_files(tmp_path, [])
+    write_jsonl(tmp_path / "blank.jsonl", [("", "")])  # pairs exist, but hold no text
+    with pytest.raises(UserError, match="too few to hold out"):
+        data.load_corpus(parse_config(["--data_files", str(tmp_path / "blank.jsonl")]))
+    with pytest.raises(UserError, match="--data_files: no file matches"):
+        data.load_corpus(parse_config(["--data_files", str(tmp_path / "missing*.jsonl")]))
+    with pytest.raises(UserError, match="--dataset: cannot load 'no-such-org/no-such-corpus'"):
+        data.load_corpus(parse_config(["--dataset", "no-such-org/no-such-corpus"]))
+
+
+def test_tokenizer_round_trip_is_exact():
+    sentences = ["Il gatto rosso mangia.", "Perché la città è bella?", "l'uomo e un'amica", "  two  spaces ",
+                 "émoji 🙂 and ünïcode ß", "Numbers 1,234.5 and (brackets)!"]
+    tokenizer = data.train_tokenizer(sentences * 20, vocab_size=400)
+    for text in sentences + ["completely unseen: Ωμέγα ≠ zeta"]:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert tokenizer.decode(ids) == text
+    assert [tokenizer.token_to_id(t) for t in data.SPECIAL_TOKENS] == [0, 1, 2, 3]
+
+
+def test_tokenization_filters_and_counts_long_and_empty_pairs():
+    pairs = [("short one", "corta"), ("word " * 40, "lunga"), ("", "vuota"), ("fine", "bene")]
+    tokenizer = data.train_tokenizer([p[0] for p in pairs] + [p[1] for p in pairs], vocab_size=300)
+    out = data.tokenize_pairs(pairs, tokenizer, tokenizer, seq_len=12)
+    assert (out.dropped_too_long, out.dropped_empty, out.kept) == (1, 1, [0, 3])
+    src, tgt = out.dataset[1]
+    assert src[-1] == data.EOS_ID and tgt[0] == data.BOS_ID and tgt[-1] == data.EOS_ID
+    assert tokenizer.decode(src[:-1].tolist()) == "fine"
+
+
+def test_collate_pads_to_the_longest_in_the_batch():
+    batch = data.collate([(torch.tensor([5, 6, 3]), torch.tensor([2, 7, 3])),
+                          (torch.tensor([5, 3]), torch.tensor([2, 7, 8, 9, 3]))])
+    assert batch["src"].tolist() == [[5, 6, 3], [5, 3, 0]]
+    assert batch["tgt_in"].tolist() == [[2, 7, 0, 0], [2, 7, 8, 9]]
+    assert batch["tgt_out"].tolist() == [[7, 3, 0, 0], [7, 8, 9, 3]]
+
+
+def rank_batches(n, batch_size, world, epoch, seed=0, start=0):
+    out = []
+    for rank in range(world):
+        sampler = data.DistributedBatchSampler(n, batch_size, rank, world, seed)
+        sampler.set_epoch(epoch, start)
+        out.append(list(sampler))
+        assert len(out[-1]) == len(sampler)
+    return out
+
+
+@pytest.mark.parametrize("n, batch_size, world", [(103, 8, 1), (103, 8, 2), (100, 7, 3), (64, 8, 4), (10, 4, 4)])
+def test_sampler_shards_are_disjoint_equal_and_cover_the_data(n, batch_size, world):
+    shards = rank_batches(n, batch_size, world, epoch=0)
+    assert len({len(s) for s in shards}) == 1  # the same number of batches on every rank
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen))  # disjoint
+    assert len(seen) > n - world  # at most world-1 examples wait for the next epoch's shuffle
+    assert all(0 < len(b) <= batch_size for shard in shards for b in shard)
+
+
+def test_sampler_order_depends_on_epoch_and_seed_only():
+    assert rank_batches(50, 5, 2, epoch=3) == rank_batches(50, 5, 2, epoch=3)
+    assert rank_batches(50, 5, 2, epoch=3) != rank_batches(50, 5, 2, epoch=4)
+    assert rank_batches(50, 5, 2, epoch=3) != rank_batches(50, 5, 2, epoch=3, seed=1)
+
+
+def test_sampler_resumes_mid_epoch_even_with_another_world_size():
+    n, batch_size = 97, 4
+    sampler = data.DistributedBatchSampler(n, batch_size, 0, 2, seed=0)
+    sampler.set_epoch(2)
+    order = sampler.epoch_order()
+    # Two ranks consumed 5 global batches; the position does not depend on the world size.
+    position = sampler.position_after(5)
+    assert position == 5 * 2 * batch_size
+    resumed = rank_batches(n, batch_size, world=1, epoch=2, start=position)[0]
+    assert [i for b in resumed for i in b] == order[position:]
+    resumed_on_three = rank_batches(n, batch_size, world=3, epoch=2, start=position)
+    first_global_batch = [i for shard in resumed_on_three for i in shard[0]]
+    assert first_global_batch == order[position:position + 3 * batch_size]

@@ -1,0 +1,112 @@
+"""DDP correctness on CPU with gloo: the real init_distributed and train_step, two processes against one."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dataset as data
+from config import parse_config
+from conftest import free_port
+from distributed import DistInfo, destroy_distributed, init_distributed
+from model import ModelConfig, Transformer
+from train import make_autocast, train_step
+
+STEPS, GLOBAL_BATCH = 3, 8
+CFG = parse_config(["--dropout", "0", "--lr", "0.003", "--grad_clip", "0.5"])
+
+
+def global_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Examples of varied lengths, so ranks and micro-steps hold different numbers of target tokens."""
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    for _ in range(STEPS):
+        examples = []
+        for _ in range(GLOBAL_BATCH):
+            s, t = int(torch.randint(2, 9, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
+            src = torch.cat([torch.randint(4, 40, (s,), generator=g), torch.tensor([data.EOS_ID])])
+            tgt = torch.cat([torch.tensor([data.BOS_ID]), torch.randint(4, 40, (t,), generator=g),
+                             torch.tensor([data.EOS_ID])])
+            examples.append((src, tgt))
+        steps.append(examples)
+    return steps
+
+
+def micro_batches(examples, rank: int, world: int, accum: int) -> list[dict]:
+    share = examples[rank * len(examples) // world:(rank + 1) * len(examples) // world]
+    size = len(share) // accum
+    return [data.collate(share[i * size:(i + 1) * size]) for i in range(accum)]
+
+
+def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None) -> tuple[dict, list[bool]]:
+    torch.manual_seed(0)
+    raw = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=1,
+                                  d_ff=64, dropout=0.0, max_len=32))
+    if poison_rank == info.rank:  # this rank alone produces a NaN loss
+        raw.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    model = torch.nn.parallel.DistributedDataParallel(raw) if info.world_size > 1 else raw
+    # SGD keeps the comparison linear in the gradients: Adam would blow float noise on zero-gradient parameters
+    # (the key bias, to which softmax is invariant) up to full-size updates.
+    optimizer = torch.optim.SGD(raw.parameters(), lr=0.5)
+    skipped = []
+    for examples in global_batches():
+        batches = micro_batches(examples, info.rank, info.world_size, accum)
+        result = train_step(model, raw, optimizer, None, batches, CFG, info, make_autocast("fp32", info.device))
+        skipped.append(result.skipped)
+    return {k: v.detach().clone() for k, v in raw.state_dict().items()}, skipped
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = init_distributed()
+    try:
+        state, skipped = train_a_few_steps(info, accum, poison_rank)
+        torch.save({"state": state, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        destroy_distributed()
+
+
+def run_ddp(tmp_path, accum: int, poison_rank=None) -> list[dict]:
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank), nprocs=2,
+                       start_method="spawn")
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def assert_same_parameters(a: dict, b: dict):
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, accum):
+    ranks = run_ddp(tmp_path, accum)
+    single, _ = train_a_few_steps(SINGLE, accum=1)
+    assert_same_parameters(ranks[0]["state"], ranks[1]["state"])
+    assert_same_parameters(ranks[0]["state"], single)
+    initial = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2,
+                                      num_layers=1, d_ff=64, dropout=0.0, max_len=32)).state_dict()
+    assert not torch.allclose(single["encoder_layers.0.ff.up.weight"], initial["encoder_layers.0.ff.up.weight"])
+
+
+def test_gradient_accumulation_matches_one_step_on_the_full_batch():
+    accumulated, _ = train_a_few_steps(SINGLE, accum=2)
+    whole, _ = train_a_few_steps(SINGLE, accum=1)
+    assert_same_parameters(accumulated, whole)
+    four, _ = train_a_few_steps(SINGLE, accum=4)
+    assert_same_parameters(four, whole)
+
+
+def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path):
+    ranks = run_ddp(tmp_path, accum=1, poison_rank=1)
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [True] * STEPS
+    torch.manual_seed(0)
+    untouched = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2,
+                                        num_layers=1, d_ff=64, dropout=0.0, max_len=32)).state_dict()
+    for state in (ranks[0]["state"], ranks[1]["state"]):
+        for name, value in untouched.items():
+            assert torch.equal(state[name], value), name
