@@ -102,3 +102,9 @@ def resolve_preload(folder: str, preload: str) -> str | None:
     if not os.path.isfile(preload):
         raise UserError(f"--preload {preload!r}: no such file; use 'latest', 'none', a step number or a path")
     return preload
+
+
+def read_preload(folder: str, preload: str) -> dict | None:
+    """The checkpoint --preload names, loaded; None for a fresh start."""
+    path = resolve_preload(folder, preload)
+    return load_checkpoint(path) if path else None

@@ -141,8 +141,8 @@ def write_atomically(path: str, text: str) -> None:
 
 
 def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
-    """Rank 0 only: the source and target tokenizers as JSON, loaded from the model folder if there, else
-    trained on the training split and saved there."""
+    """Rank 0 only: the source and target tokenizers as JSON, read from the model folder if there (a restart),
+    else trained on the training split. Nothing is written here: see `save_tokenizers`."""
     from tokenizers import Tokenizer
 
     out = []
@@ -150,14 +150,21 @@ def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
         path = tokenizer_path(cfg.model_folder, lang)
         if os.path.exists(path):
             tokenizer = Tokenizer.from_file(path)
+            if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+                raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
+                                f"another --model_folder")
         else:
             tokenizer = train_tokenizer([pair[side] for pair in train], cfg.vocab_size)
-            write_atomically(path, tokenizer.to_str())
-        if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
-            raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
-                            f"another --model_folder")
         out.append(tokenizer.to_str())
     return out[0], out[1]
+
+
+def save_tokenizers(cfg: Config, src_json: str, tgt_json: str) -> None:
+    """Rank 0 only, once start-up checks have passed: write the tokenizers a restart will reuse."""
+    for lang, text in ((cfg.lang_src, src_json), (cfg.lang_tgt, tgt_json)):
+        path = tokenizer_path(cfg.model_folder, lang)
+        if not os.path.exists(path):
+            write_atomically(path, text)
 
 
 def tokenizer_from_json(text: str):

@@ -178,6 +178,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     if len(train_set.dataset) < info.world_size or len(valid_set.dataset) == 0:
         raise UserError(f"--seq_len {cfg.seq_len}: too few pairs fit ({len(train_set.dataset)} train, "
                         f"{len(valid_set.dataset)} validation); raise --seq_len")
+    run_on_main(lambda: data.save_tokenizers(cfg, src_json, tgt_json))
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
                                            cfg.seed)
     loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
@@ -202,8 +203,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     step, epoch, epoch_sample, skipped_steps, run_id = 0, 0, 0, 0, new_run_id()
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
     random.seed(cfg.seed + info.rank)
-    saved = run_on_main(lambda: (lambda p: p and checkpoint.load_checkpoint(p))(
-        checkpoint.resolve_preload(cfg.model_folder, cfg.preload)))
+    saved = run_on_main(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
     if saved:
         check_resumable(saved, cfg, tokenizer_ids)
         raw_model.load_state_dict(saved["model"])

@@ -1,0 +1,163 @@
+"""End to end: train.py under python, torchrun and two torchrun agents, with resume, W&B offline and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import OFFLINE_ENV, ROOT, TINY_MODEL, free_port, toy_pairs, torchrun, write_jsonl
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+    return write_jsonl(tmp_path / "toy.jsonl", toy_pairs(400))
+
+
+def checkpoint_steps(folder) -> list[int]:
+    return sorted(int(name[5:13]) for name in os.listdir(folder) if name.startswith("ckpt_"))
+
+
+def metrics(folder) -> list[dict]:
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_torchrun_two_processes_builtin_corpus_wandb_offline_and_resume(tmp_path):
+    folder = tmp_path / "weights"
+    args = [*TINY_MODEL, "--max_steps", "4", "--save_every", "2", "--eval_every", "4", "--model_folder",
+            str(folder), "--wandb_mode", "offline"]
+    first = torchrun(2, args, extra=["--standalone"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint_steps(folder) == [2, 4]
+    assert {"tokenizer_en.json", "tokenizer_it.json", "metrics.jsonl", "wandb"} <= set(os.listdir(folder))
+    assert not [n for n in os.listdir(folder) if ".tmp" in n or n.startswith(".write-test")]
+    logged = metrics(folder)
+    assert [m["step"] for m in logged if "train/loss" in m] == [2, 4]  # rank 0 alone logs: no duplicates
+    assert [m["step"] for m in logged if "val/bleu" in m] == [4]
+    runs = [n for n in os.listdir(folder / "wandb") if n.startswith("offline-run-")]
+    assert len(runs) == 1
+    saved = torch.load(folder / "ckpt_00000004.pt", weights_only=True)
+    assert runs[0].endswith(saved["wandb_run_id"]) and saved["step"] == 4
+    assert "BLEU" in first.stdout and "nrefs:1|case:mixed" in first.stdout  # the sacreBLEU signature
+    assert "world size 2" in first.stdout
+
+    again = torchrun(2, args, extra=["--standalone"])  # the same command again: nothing left to train
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 4" in again.stdout and checkpoint_steps(folder) == [2, 4]
+
+    longer = torchrun(2, [*args[:-6], "--max_steps", "6", "--save_every", "2", "--eval_every", "4",
+                          "--model_folder", str(folder), "--wandb_mode", "offline"], extra=["--standalone"])
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "resumed from step 4" in longer.stdout
+    assert checkpoint_steps(folder) == [2, 4, 6]
+    assert torch.load(folder / "ckpt_00000006.pt", weights_only=True)["wandb_run_id"] == saved["wandb_run_id"]
+
+
+def test_two_nodes_train_together_and_only_global_rank_0_writes(tmp_path, toy_corpus):
+    """Each agent is told a different --model_folder, as if the drive were not shared: only one may be touched."""
+    port, folders = free_port(), [tmp_path / "node0", tmp_path / "node1"]
+    env = {**os.environ, **OFFLINE_ENV}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=twonodes",
+                                "train.py", *TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20",
+                                "--test_size", "20", "--max_steps", "4", "--save_every", "2",
+                                "--model_folder", str(folder)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for folder in folders]
+    outputs = [agent.communicate(timeout=240) for agent in agents]
+    for agent, (_, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err[-3000:]
+    written = [f for f in folders if f.exists()]
+    assert len(written) == 1, "exactly one node (global rank 0's) may write"
+    assert checkpoint_steps(written[0]) == [2, 4]
+    assert sum("world size 2" in out for out, _ in outputs) == 1  # rank 0 alone prints
+
+
+def run_in_process(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        train.main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_single_process_python_run_and_preload_choices(tmp_path, toy_corpus, capsys):
+    folder = tmp_path / "w"
+    base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20",
+            "--model_folder", str(folder), "--save_every", "2", "--eval_every", "100", "--keep_last", "2"]
+    code, out, err = run_in_process([*base, "--max_steps", "6"], capsys)
+    assert code == 0, err
+    assert "world size 1" in out and checkpoint_steps(folder) == [4, 6]  # --keep_last 2 pruned step 2
+    code, out, _ = run_in_process([*base, "--max_steps", "8", "--preload", "4"], capsys)
+    assert code == 0 and "resumed from step 4" in out
+    assert checkpoint_steps(folder) == [6, 8]
+    code, out, _ = run_in_process([*base, "--max_steps", "2", "--preload", "none"], capsys)
+    assert code == 0 and "resumed" not in out
+    code, _, err = run_in_process([*base, "--preload", "3"], capsys)
+    assert code == 2 and "--preload 3: no checkpoint of that step" in err
+
+
+def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corpus, capsys):
+    base = ["--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
+            str(tmp_path / "w"), "--max_steps", "2", "--save_every", "2"]
+    assert run_in_process([*TINY_MODEL, *base], capsys)[0] == 0
+    code, _, err = run_in_process([*TINY_MODEL, *base, "--d_ff", "128"], capsys)
+    assert code == 2
+    assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "--preload none" in err
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    torch.save({"step": 1, "payload": RunsCode()}, folder / "ckpt_00000001.pt")
+    code, _, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size",
+                                   "20", "--model_folder", str(folder), "--max_steps", "2"], capsys)
+    assert code == 2 and "refusing to load" in err and "pwned" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "no-such-org/no-such-corpus"], "error: --dataset: cannot load 'no-such-org/no-such-corpus'"),
+    (["--lang_src", "de"], "error: --lang_src: language 'de' is not in the corpus"),
+    (["--data_files", "EMPTY"], "error: --data_files: the corpus is empty"),
+    (["--model_folder", "FILE/sub"], "error: --model_folder"),
+    (["--d_model", "30", "--num_heads", "4"], "error: --num_heads: must divide --d_model"),
+    (["--seq_len", "4"], "error: --seq_len 4: too few pairs fit"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, toy_corpus, capsys, flags, message):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "FILE").write_text("a file where a folder should be")
+    flags = [f.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace("FILE", str(tmp_path / "FILE"))
+             for f in flags]
+    folder = tmp_path / "weights"
+    data_flags = [] if "--data_files" in flags or "--dataset" in flags else ["--data_files", toy_corpus]
+    code, _, err = run_in_process([*TINY_MODEL, *data_flags, "--valid_size", "20", "--test_size", "20",
+                                   "--model_folder", str(folder), *flags], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(message) and "Traceback" not in err
+    assert not folder.exists() or not os.listdir(folder)
+
+
+def test_bad_input_stops_every_rank_of_a_torchrun_job(tmp_path, toy_corpus):
+    result = torchrun(2, [*TINY_MODEL, "--data_files", toy_corpus, "--lang_tgt", "fr", "--model_folder",
+                          str(tmp_path / "w")], extra=["--standalone"], timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("error: --lang_tgt: language 'fr' is not in the corpus") == 2  # on each rank
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_lists_every_flag():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--batch_size", "--grad_accum_steps", "--precision", "--wandb_mode", "--preload", "--data_files"):
+        assert flag in result.stdout
