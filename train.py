@@ -35,8 +35,7 @@ from model import ModelConfig, Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
 
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
-ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
-                         "seq_len")
+ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings")
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -218,7 +217,7 @@ def train(cfg: Config, info: DistInfo) -> None:
         say(f"resumed from step {step} (epoch {epoch}, {epoch_sample} samples into it)")
     del saved
     model = DDP(raw_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                broadcast_buffers=False, gradient_as_bucket_view=True) if info.world_size > 1 else raw_model
+                forward_sync_buffers=False, gradient_as_bucket_view=True) if info.world_size > 1 else raw_model
     monitor = RunMonitor(cfg, enabled=info.is_main, run_id=run_id)
 
     last_saved_step = step if step > 0 else -1  # a resumed step is already on disk
