@@ -240,7 +240,7 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.T
 class DistributedBatchSampler(Sampler[list[int]]):
     """Yields this rank's share of each global batch.
 
-    Every rank draws the same permutation from `seed + epoch`; consecutive chunks of `world_size * batch_size`
+    Every rank draws the same order from `seed + epoch` (see `epoch_order`); consecutive chunks of `world_size * batch_size`
     examples form the global batches, and rank r takes the r-th slice of each. So shards are disjoint, every rank
     has the same number of batches (no rank waits alone in a collective), and the position in an epoch is one
     number, the samples consumed, which does not depend on the world size: a run can resume mid-epoch, even with
@@ -249,11 +249,13 @@ class DistributedBatchSampler(Sampler[list[int]]):
     than ranks are left for the next epoch's shuffle.
     """
 
+    GROUPING_WINDOW_BATCHES = 50
+
     def __init__(self, num_examples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 shuffle: bool = True):
+                 lengths: torch.Tensor | None = None):
         self.num_examples, self.batch_size = num_examples, batch_size
         self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.lengths = seed, lengths
         self.epoch, self.start_sample = 0, 0
 
     def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
@@ -261,10 +263,16 @@ class DistributedBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_sample = epoch, start_sample
 
     def epoch_order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_examples))
+        """This epoch's order of examples: a permutation from `seed + epoch`, then, given lengths, sorted inside
+        windows of 50 per-rank batches so that neighbours (hence batches) have similar lengths and little compute
+        goes to padding. The window does not depend on the world size, so neither does the order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_examples, generator=generator).tolist()
+        order = torch.randperm(self.num_examples, generator=generator)
+        if self.lengths is None:
+            return order.tolist()
+        window = self.GROUPING_WINDOW_BATCHES * self.batch_size
+        grouped = [chunk[torch.sort(self.lengths[chunk], stable=True).indices] for chunk in order.split(window)]
+        return torch.cat(grouped).tolist()
 
     def global_batches(self) -> list[list[int]]:
         """The rest of this epoch's global batches, from `start_sample` on."""

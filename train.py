@@ -179,7 +179,7 @@ def train(cfg: Config, info: DistInfo) -> None:
                         f"{len(valid_set.dataset)} validation); raise --seq_len")
     run_on_main(lambda: data.save_tokenizers(cfg, src_json, tgt_json))
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
-                                           cfg.seed)
+                                           cfg.seed, lengths=train_set.dataset.src_lengths + train_set.dataset.tgt_lengths)
     loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
                         pin_memory=info.device.type == "cuda")
 

@@ -161,3 +161,42 @@ def test_help_lists_every_flag():
     assert result.returncode == 0
     for flag in ("--batch_size", "--grad_accum_steps", "--precision", "--wandb_mode", "--preload", "--data_files"):
         assert flag in result.stdout
+
+
+def test_precision_policy(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert train.resolve_precision("auto", cpu) == "fp32"
+    assert train.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(train.UserError, match="--precision fp16 needs a CUDA GPU"):
+        train.resolve_precision("fp16", cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.resolve_precision("auto", gpu) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # P4000, V100
+    assert train.resolve_precision("auto", gpu) == "fp16"
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine"])
+def test_learning_rate_schedule(schedule):
+    cfg = train.parse_config(["--warmup_steps", "10", "--lr_schedule", schedule])
+    multiplier = train.lr_multiplier(cfg, total_steps=110)
+    warmup = [multiplier(s) for s in range(10)]
+    assert warmup == sorted(warmup) and warmup[0] == pytest.approx(0.1) and warmup[-1] == pytest.approx(1.0)
+    decay = [multiplier(s) for s in range(10, 110)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.35
+    if schedule == "inverse_sqrt":
+        assert multiplier(39) == pytest.approx(0.5)  # sqrt(10 / 40)
+    else:
+        assert multiplier(109) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_weight_decay_skips_biases_norms_and_embeddings():
+    from model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, num_heads=2, num_layers=1,
+                                    d_ff=32))
+    decay, no_decay = train.build_optimizer(model, train.parse_config([]), torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert any(p is model.encoder_layers[0].ff.up.weight for p in decay["params"])
+    for p in (model.src_embed.weight, model.encoder_norm.weight, model.encoder_layers[0].ff.up.bias):
+        assert any(q is p for q in no_decay["params"]) and not any(q is p for q in decay["params"])
+    assert decay["params"] and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
