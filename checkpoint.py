@@ -1,14 +1,18 @@
 """Checkpoint files in the model folder: written atomically by rank 0, found and loaded safely on resume.
 
-A checkpoint is written under a temporary name in the target folder, flushed and fsynced, then renamed to a new
-step-numbered name (never over an existing file: CIFS refuses that while another node holds it open). A reader
-therefore sees either a whole checkpoint or none. Loading uses `weights_only=True`, so a file that carries
-pickled code is refused instead of run.
+The commit protocol works on local disks, NFS and CIFS: write under a unique temporary name in the target folder,
+flush and fsync, rename to a new step-numbered name (never over an existing file: CIFS refuses that while another
+node holds it open), then write a small completion marker the same way. A checkpoint counts only once its marker
+exists and names its exact size, so a crash at any moment leaves the previous checkpoints as they were. Loading
+uses `weights_only=True`: a file that carries pickled code is refused instead of run.
 """
 
+import json
 import os
 import pickle
 import re
+import sys
+import time
 import uuid
 
 import torch
@@ -16,19 +20,44 @@ import torch
 from config import UserError
 
 CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
+TEMPORARY_NAME = re.compile(r"^\.(ckpt_\d{8}\.(pt|done)|best\.json)\.tmp-[0-9a-f]+$")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "epoch_sample", "config", "rng")
+RETRY_DELAYS_S = (1.0, 4.0, 16.0)  # transient network-drive errors usually pass within seconds
+
+
+def warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def checkpoint_path(folder: str, step: int) -> str:
     return os.path.join(folder, f"ckpt_{step:08d}.pt")
 
 
-def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+def _marker_path(path: str) -> str:
+    return path[:-len(".pt")] + ".done"
+
+
+def _is_complete(path: str) -> bool:
+    try:
+        with open(_marker_path(path)) as f:
+            return json.load(f)["bytes"] == os.path.getsize(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def list_checkpoints(folder: str, report_incomplete: bool = False) -> list[tuple[int, str]]:
     """(step, path) of every complete checkpoint in the folder, oldest first."""
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), os.path.join(folder, name))
-             for name in os.listdir(folder) if (m := CHECKPOINT_NAME.match(name))]
-    return sorted(found)
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if m := CHECKPOINT_NAME.match(name):
+            path = os.path.join(folder, name)
+            if _is_complete(path):
+                found.append((int(m.group(1)), path))
+            elif report_incomplete:
+                warn(f"skipping {path}: incomplete (no completion marker, or its size differs)")
+    return found
 
 
 def check_writable(folder: str) -> None:
@@ -44,11 +73,21 @@ def check_writable(folder: str) -> None:
                         f"fix its permissions or choose another folder") from None
 
 
+def remove_stale_temporaries(folder: str) -> None:
+    """Rank 0 at start: temporary files left by a writer that died mid-save are garbage."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if TEMPORARY_NAME.match(name):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
 def _fsync_folder(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
-        return  # some network filesystems cannot open folders; the file itself was fsynced
+        return  # some network filesystems cannot open folders; the files themselves were fsynced
     try:
         os.fsync(fd)
     except OSError:
@@ -57,54 +96,139 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(folder: str, step: int, state: dict, keep_last: int) -> str:
-    """Rank 0 only. Write `state` as the checkpoint of `step`, then prune all but the newest `keep_last`."""
-    final = checkpoint_path(folder, step)
-    if os.path.exists(final):
-        return final  # this step is already saved (e.g. --save_every landed on the last step)
-    tmp = os.path.join(folder, f".ckpt_{step:08d}.pt.tmp-{uuid.uuid4().hex}")
+def _write_new_file(final: str, write) -> None:
+    """Write through `write(file)` to a temporary beside `final`, fsync, and rename to `final`."""
+    folder, name = os.path.split(final)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _pause_for_fault_injection() -> None:
+    """Tests only: with TRAINER_TEST_PAUSE_IN_SAVE=FILE, the first save creates FILE and blocks, so a test can
+    kill the writer at exactly this moment (checkpoint data written, not yet committed)."""
+    flag = os.environ.get("TRAINER_TEST_PAUSE_IN_SAVE")
+    if flag and not os.path.exists(flag):
+        open(flag, "w").close()
+        while True:
+            time.sleep(3600)
+
+
+def _commit(folder: str, step: int, state: dict) -> str:
+    final = checkpoint_path(folder, step)
+    if os.path.exists(final):
+        os.remove(final)  # an uncommitted leftover of a crashed save of this very step
+    _write_new_file(final, lambda f: torch.save(state, f))
+    _pause_for_fault_injection()
+    marker = json.dumps({"step": step, "bytes": os.path.getsize(final)}).encode()
+    _write_new_file(_marker_path(final), lambda f: f.write(marker))
     _fsync_folder(folder)
-    for _, old in list_checkpoints(folder)[:-keep_last]:
-        os.remove(old)
     return final
 
 
+def _prune(folder: str, keep_last: int, keep_step: int | None) -> None:
+    """Remove all but the newest `keep_last` complete checkpoints and the best one; never the newest."""
+    for step, path in list_checkpoints(folder)[:-keep_last]:
+        if step != keep_step:
+            try:
+                os.remove(_marker_path(path))  # marker first: a half-pruned checkpoint is merely incomplete
+                os.remove(path)
+            except OSError as e:
+                warn(f"could not remove old checkpoint {path}: {e}")
+
+
+def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_step: int | None = None) -> str | None:
+    """Rank 0 only. Commit `state` as the checkpoint of `step` and prune old ones. Transient OSErrors are retried
+    with backoff; a save that still fails is reported and returns None, leaving earlier checkpoints intact, so
+    that training goes on."""
+    final = checkpoint_path(folder, step)
+    if _is_complete(final):
+        return final
+    for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
+        time.sleep(delay)
+        try:
+            path = _commit(folder, step, state)
+            _prune(folder, keep_last, best_step)
+            return path
+        except OSError as e:
+            error = e
+            if attempt < len(RETRY_DELAYS_S):
+                warn(f"saving checkpoint of step {step} failed ({e}); retrying in {RETRY_DELAYS_S[attempt]:.0f} s")
+    warn(f"CHECKPOINT OF STEP {step} NOT SAVED after {len(RETRY_DELAYS_S) + 1} attempts ({error}); training goes "
+         f"on and earlier checkpoints are intact: free space or fix permissions in {folder}")
+    return None
+
+
 def load_checkpoint(path: str) -> dict:
+    """Raises UserError for a file that holds code; other failures (truncated, corrupt) propagate."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"refusing to load {path}: it holds objects beyond tensors and plain data, which could run "
-                        f"code ({str(e).splitlines()[0]})") from None
+                        f"code ({str(e).strip().splitlines()[0]})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"not a checkpoint of this trainer (missing {', '.join(missing)})")
+    return state
 
 
-def resolve_preload(folder: str, preload: str) -> str | None:
-    """The checkpoint path that --preload names, or None for a fresh start."""
-    if preload == "none":
-        return None
-    if preload == "latest":
-        found = list_checkpoints(folder)
-        return found[-1][1] if found else None
-    if preload.isdigit():
-        path = checkpoint_path(folder, int(preload))
-        if not os.path.isfile(path):
-            steps = ", ".join(str(s) for s, _ in list_checkpoints(folder)) or "none"
-            raise UserError(f"--preload {preload}: no checkpoint of that step in {folder} (steps there: {steps})")
-        return path
-    if not os.path.isfile(preload):
-        raise UserError(f"--preload {preload!r}: no such file; use 'latest', 'none', a step number or a path")
-    return preload
+def _load_latest_valid(folder: str) -> dict | None:
+    for _, path in reversed(list_checkpoints(folder, report_incomplete=True)):
+        try:
+            return load_checkpoint(path)
+        except UserError:
+            raise
+        except Exception as e:  # truncated or corrupt: fall back to the previous checkpoint
+            warn(f"skipping {path}: it fails to load ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+            try:
+                os.remove(_marker_path(path))  # uncommitted from now on, so a save of its step replaces it
+            except OSError:
+                pass
+    return None
 
 
 def read_preload(folder: str, preload: str) -> dict | None:
-    """The checkpoint --preload names, loaded; None for a fresh start."""
-    path = resolve_preload(folder, preload)
-    return load_checkpoint(path) if path else None
+    """The checkpoint that --preload names, loaded; None for a fresh start. 'latest' is the newest checkpoint that
+    is complete and loads; an explicitly named one that fails to load is an error."""
+    if preload == "latest":
+        return _load_latest_valid(folder)
+    state = None if preload == "none" else _load_named(folder, preload)
+    start = state["step"] if state else 0
+    newer = [step for step, _ in list_checkpoints(folder) if step > start]
+    if newer:
+        raise UserError(f"--preload {preload}: {folder} already holds later checkpoints (steps "
+                        f"{', '.join(map(str, newer))}) that this run would mix with; move them away or choose "
+                        f"another --model_folder")
+    return state
+
+
+def _load_named(folder: str, preload: str) -> dict:
+    if preload.isdigit():
+        path = checkpoint_path(folder, int(preload))
+        if not _is_complete(path):
+            steps = ", ".join(str(s) for s, _ in list_checkpoints(folder)) or "none"
+            raise UserError(f"--preload {preload}: no complete checkpoint of that step in {folder} "
+                            f"(steps there: {steps})")
+    elif os.path.isfile(preload):
+        path = preload
+    else:
+        raise UserError(f"--preload {preload!r}: no such file; use 'latest', 'none', a step number or a path")
+    try:
+        return load_checkpoint(path)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"--preload {preload}: {path} fails to load ({str(e).strip().splitlines()[0]})") from None
+
+
+def newest_step(folder: str) -> int:
+    """The newest complete checkpoint's step in this process's view of the folder; -1 if none."""
+    found = list_checkpoints(folder)
+    return found[-1][0] if found else -1

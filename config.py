@@ -67,7 +67,8 @@ class Config:
     preload: str = _setting("latest", "resume from: 'latest' checkpoint in --model_folder, 'none', a step number "
                                       "or a checkpoint path")
     save_every: int = _setting(1000, "save a checkpoint every N optimizer steps (and at the end of training)")
-    keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2)")
+    keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2), plus the best by BLEU")
+    dist_timeout: float = _setting(1800.0, "seconds a collective may wait for the other ranks before failing")
 
     # logging
     wandb_mode: str = _setting("auto", "auto = online when logged in (WANDB_API_KEY or `wandb login`), otherwise "
@@ -138,6 +139,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.weight_decay >= 0, "weight_decay", f"must be zero or positive, got {cfg.weight_decay}")
     _check(cfg.grad_clip >= 0, "grad_clip", f"must be zero or positive, got {cfg.grad_clip}")
     _check(cfg.keep_last >= 2, "keep_last", f"must be at least 2, got {cfg.keep_last}")
+    _check(cfg.dist_timeout > 0, "dist_timeout", f"must be positive, got {cfg.dist_timeout}")
     _check(cfg.lang_src != cfg.lang_tgt, "lang_tgt", f"must differ from --lang_src ({cfg.lang_src})")
     _check(bool(cfg.model_folder.strip()), "model_folder", "must not be empty")
     _check(cfg.dataset_config is None or cfg.dataset != "builtin", "dataset_config",

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from tqdm import tqdm
 import checkpoint
 import dataset as data
 from config import Config, UserError, parse_config, to_dict, validate
-from distributed import (DistInfo, barrier, destroy_distributed, dist_max, dist_sum,
-                         gather_to_main, init_distributed, main_first, run_on_main)
+from distributed import (DistInfo, barrier, broadcast_from_main, destroy_distributed, dist_max, dist_sum,
+                         gather_to_main, init_distributed, main_first, raise_if_any_failed, run_on_main)
 from evaluation import evaluate
 from model import ModelConfig, Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
@@ -102,7 +103,33 @@ def check_resumable(saved: dict, cfg: Config, tokenizer_ids: dict) -> None:
               if saved["tokenizers"][side] != tokenizer_ids[side]]
     if diffs:
         raise UserError(f"cannot resume from step {saved['step']}: {'; '.join(diffs)} "
-                        f"(use the same settings, another --model_folder, or --preload none)")
+                        f"(use the same settings, or another --model_folder)")
+
+
+class StopSignal:
+    """SIGTERM (preemption, torchrun stopping its workers) or SIGINT (Ctrl-C) asks for a clean stop: the loop
+    agrees on it across ranks at the next step boundary and saves. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+
+def check_folder_is_shared(cfg: Config, info: DistInfo) -> None:
+    """Collective. Rank 0 alone reads checkpoints; if another node sees a newer one in its --model_folder, the
+    folder is not shared and rank 0 would silently start over: stop instead, on every rank."""
+    mine = checkpoint.newest_step(cfg.model_folder) if cfg.preload == "latest" else -1
+    main_step = broadcast_from_main(mine)
+    raise_if_any_failed(None if mine <= main_step else
+                        f"--model_folder {cfg.model_folder}: this node sees checkpoint step {mine} but global rank 0 "
+                        f"sees {main_step if main_step >= 0 else 'none'}; the folder must be the same shared drive "
+                        f"on every node (or pass --preload with a path rank 0 can read)")
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -164,6 +191,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     # ---- data: rank 0 loads first (hub downloads land in the cache once), then the others read it
     corpus = main_first(lambda: data.load_corpus(cfg))
     run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
+    check_folder_is_shared(cfg, info)
     # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
     src_json, tgt_json = run_on_main(lambda: data.build_tokenizer_json(cfg, corpus["train"]))
     src_tok, tgt_tok = data.tokenizer_from_json(src_json), data.tokenizer_from_json(tgt_json)
@@ -177,7 +205,8 @@ def train(cfg: Config, info: DistInfo) -> None:
     if len(train_set.dataset) < info.world_size or len(valid_set.dataset) == 0:
         raise UserError(f"--seq_len {cfg.seq_len}: too few pairs fit ({len(train_set.dataset)} train, "
                         f"{len(valid_set.dataset)} validation); raise --seq_len")
-    run_on_main(lambda: data.save_tokenizers(cfg, src_json, tgt_json))
+    run_on_main(lambda: (data.save_tokenizers(cfg, src_json, tgt_json),
+                         checkpoint.remove_stale_temporaries(cfg.model_folder)))
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
                                            cfg.seed, lengths=train_set.dataset.src_lengths + train_set.dataset.tgt_lengths)
     loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
@@ -200,6 +229,7 @@ def train(cfg: Config, info: DistInfo) -> None:
 
     # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
     step, epoch, epoch_sample, skipped_steps, run_id = 0, 0, 0, 0, new_run_id()
+    best_bleu, best_step = -1.0, None
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
     random.seed(cfg.seed + info.rank)
     saved = run_on_main(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
@@ -212,6 +242,7 @@ def train(cfg: Config, info: DistInfo) -> None:
             scaler.load_state_dict(saved["scaler"])
         step, epoch, epoch_sample = saved["step"], saved["epoch"], saved["epoch_sample"]
         skipped_steps, run_id = saved["skipped_steps"], saved["wandb_run_id"]
+        best_bleu, best_step = saved["best_bleu"], saved["best_step"]
         if len(saved["rng"]) == info.world_size:
             set_rng_state(saved["rng"][info.rank], info.device)
         say(f"resumed from step {step} (epoch {epoch}, {epoch_sample} samples into it)")
@@ -233,14 +264,18 @@ def train(cfg: Config, info: DistInfo) -> None:
             state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "step": step, "epoch": epoch, "epoch_sample": epoch_sample, "skipped_steps": skipped_steps,
-                     "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng}
-            say(f"saved {checkpoint.save_checkpoint(cfg.model_folder, step, state, cfg.keep_last)}")
-        barrier()
+                     "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng,
+                     "best_bleu": best_bleu, "best_step": best_step}
+            path = checkpoint.save_checkpoint(cfg.model_folder, step, state, cfg.keep_last, best_step)
+            if path:
+                say(f"saved {path}")
+        barrier()  # no rank runs ahead into a collective while rank 0 writes
 
     last_eval_step = -1
 
     def run_evaluation() -> None:
-        nonlocal last_eval_step
+        """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
+        nonlocal last_eval_step, best_bleu, best_step
         result = evaluate(raw_model, valid_set.dataset, corpus["validation"], valid_set.kept, tgt_tok, info,
                           cfg.batch_size, cfg.eval_max_sentences, autocast)
         last_eval_step = step
@@ -252,13 +287,20 @@ def train(cfg: Config, info: DistInfo) -> None:
             monitor.log(step, {"val/loss": result.loss, "val/bleu": result.bleu, "val/chrf": result.chrf})
             monitor.log_samples(step, result.samples)
         raw_model.train()
+        bleu = broadcast_from_main(result.bleu)
+        if bleu > best_bleu:
+            best_bleu, best_step = bleu, step
+            say(f"best BLEU so far: {bleu:.2f} at step {step}")
+            save()
 
     # ---- the loop: one optimizer step per --grad_accum_steps micro-batches
     raw_model.train()
+    stop = StopSignal()
     progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                     disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    while step < total_steps and epoch < cfg.num_epochs:
+    stopping = False  # agreed by all ranks, step by step
+    while step < total_steps and epoch < cfg.num_epochs and not stopping:
         sampler.set_epoch(epoch, epoch_sample)
         batches, remaining = iter(loader), len(sampler)
         while remaining > 0 and step < total_steps:
@@ -291,13 +333,20 @@ def train(cfg: Config, info: DistInfo) -> None:
                 run_evaluation()
             if step % cfg.save_every == 0:
                 save()
+            # A signal may reach one rank only: every rank stops after this same step.
+            stopping = dist_max([float(stop.received is not None)], info.device)[0] > 0
+            if stopping:
+                break
         if remaining == 0:  # the epoch ran to its end (not stopped by --max_steps)
             epoch, epoch_sample = epoch + 1, 0
-            if last_eval_step != step:
-                run_evaluation()
-            save()
+            if not stopping:
+                if last_eval_step != step:
+                    run_evaluation()
+                save()
     progress.close()
-    if last_eval_step != step:
+    if stopping:
+        say(f"stop requested ({stop.received or 'on another rank'}): saving step {step} and exiting")
+    elif last_eval_step != step:
         run_evaluation()
     save()
     monitor.close()
@@ -310,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     exit_code = 0
     try:
         validate(cfg)  # identical on every rank, so all ranks stop here together, before any collective
-        info = init_distributed()
+        info = init_distributed(cfg.dist_timeout)
         train(cfg, info)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

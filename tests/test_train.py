@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import train
 from conftest import OFFLINE_ENV, ROOT, TINY_MODEL, free_port, toy_pairs, torchrun, write_jsonl
 
@@ -18,7 +19,7 @@ def toy_corpus(tmp_path):
 
 
 def checkpoint_steps(folder) -> list[int]:
-    return sorted(int(name[5:13]) for name in os.listdir(folder) if name.startswith("ckpt_"))
+    return [step for step, _ in checkpoint.list_checkpoints(str(folder))]
 
 
 def metrics(folder) -> list[dict]:
@@ -90,17 +91,20 @@ def run_in_process(args: list[str], capsys) -> tuple[int, str, str]:
 def test_single_process_python_run_and_preload_choices(tmp_path, toy_corpus, capsys):
     folder = tmp_path / "w"
     base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20",
-            "--model_folder", str(folder), "--save_every", "2", "--eval_every", "100", "--keep_last", "2"]
-    code, out, err = run_in_process([*base, "--max_steps", "6"], capsys)
+            "--save_every", "2", "--eval_every", "100", "--keep_last", "2"]
+    code, out, err = run_in_process([*base, "--model_folder", str(folder), "--max_steps", "6"], capsys)
     assert code == 0, err
     assert "world size 1" in out and checkpoint_steps(folder) == [4, 6]  # --keep_last 2 pruned step 2
-    code, out, _ = run_in_process([*base, "--max_steps", "8", "--preload", "4"], capsys)
-    assert code == 0 and "resumed from step 4" in out
-    assert checkpoint_steps(folder) == [6, 8]
-    code, out, _ = run_in_process([*base, "--max_steps", "2", "--preload", "none"], capsys)
-    assert code == 0 and "resumed" not in out
-    code, _, err = run_in_process([*base, "--preload", "3"], capsys)
-    assert code == 2 and "--preload 3: no checkpoint of that step" in err
+    # A checkpoint from elsewhere seeds a new folder; the run goes on from its step.
+    code, out, _ = run_in_process([*base, "--model_folder", str(tmp_path / "w2"), "--max_steps", "8",
+                                   "--preload", str(folder / "ckpt_00000004.pt")], capsys)
+    assert code == 0 and "resumed from step 4" in out and checkpoint_steps(tmp_path / "w2") == [6, 8]
+    # Starting behind the newest checkpoint of the folder would mix two runs: refused, with the way out.
+    for preload, later in (("4", "6"), ("none", "4, 6")):
+        code, _, err = run_in_process([*base, "--model_folder", str(folder), "--preload", preload], capsys)
+        assert code == 2 and f"already holds later checkpoints (steps {later})" in err
+    code, _, err = run_in_process([*base, "--model_folder", str(folder), "--preload", "3"], capsys)
+    assert code == 2 and "--preload 3: no complete checkpoint of that step" in err and "steps there: 4, 6" in err
 
 
 def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corpus, capsys):
@@ -109,7 +113,7 @@ def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corp
     assert run_in_process([*TINY_MODEL, *base], capsys)[0] == 0
     code, _, err = run_in_process([*TINY_MODEL, *base, "--d_ff", "128"], capsys)
     assert code == 2
-    assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "--preload none" in err
+    assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "another --model_folder" in err
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
@@ -119,10 +123,14 @@ def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
 
     folder = tmp_path / "w"
     folder.mkdir()
-    torch.save({"step": 1, "payload": RunsCode()}, folder / "ckpt_00000001.pt")
-    code, _, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size",
-                                   "20", "--model_folder", str(folder), "--max_steps", "2"], capsys)
-    assert code == 2 and "refusing to load" in err and "pwned" not in err
+    crafted = folder / "ckpt_00000001.pt"
+    torch.save({"step": 1, "payload": RunsCode()}, crafted)
+    (folder / "ckpt_00000001.done").write_text(json.dumps({"step": 1, "bytes": crafted.stat().st_size}))
+    args = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--max_steps", "2"]
+    for preload in ("latest", str(crafted)):
+        code, out, err = run_in_process([*args, "--model_folder", str(folder), "--preload", preload], capsys)
+        assert code == 2 and "refusing to load" in err and "could run code" in err
+        assert "pwned" not in out + err
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,0 +1,118 @@
+"""The checkpoint commit protocol, recovery from damaged files, retries, pruning, and a folder lost mid-run."""
+
+import contextlib
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+import checkpoint
+import train
+from conftest import TINY_MODEL, toy_pairs, write_jsonl
+
+
+def state(step: int) -> dict:
+    return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {}, "scheduler": {}, "step": step,
+            "epoch": 0, "epoch_sample": step, "config": {}, "rng": []}
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(checkpoint, "RETRY_DELAYS_S", (0.0, 0.0))
+
+
+def test_commit_writes_data_then_marker_and_leaves_no_temporaries(tmp_path):
+    path = checkpoint.save_checkpoint(str(tmp_path), 5, state(5), keep_last=2)
+    assert path == str(tmp_path / "ckpt_00000005.pt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_00000005.done", "ckpt_00000005.pt"]
+    assert json.loads((tmp_path / "ckpt_00000005.done").read_text())["bytes"] == os.path.getsize(path)
+    assert checkpoint.read_preload(str(tmp_path), "latest")["step"] == 5
+
+
+def test_uncommitted_and_truncated_checkpoints_are_skipped_with_a_warning(tmp_path, capsys):
+    folder = str(tmp_path)
+    checkpoint.save_checkpoint(folder, 2, state(2), keep_last=5)
+    checkpoint.save_checkpoint(folder, 4, state(4), keep_last=5)
+    torch.save(state(6), tmp_path / "ckpt_00000006.pt")  # the writer died before the marker
+    (tmp_path / ".ckpt_00000008.pt.tmp-0123abcd").write_bytes(b"half a checkpoint")  # died mid-write
+    data = (tmp_path / "ckpt_00000004.pt").read_bytes()
+    (tmp_path / "ckpt_00000004.pt").write_bytes(data[:len(data) // 2])  # truncated behind our back
+    (tmp_path / "ckpt_00000004.done").write_text(json.dumps({"step": 4, "bytes": len(data) // 2}))
+    assert checkpoint.read_preload(folder, "latest")["step"] == 2
+    err = capsys.readouterr().err
+    assert "skipping" in err and "ckpt_00000006.pt: incomplete" in err and "ckpt_00000004.pt: it fails to load" in err
+    # The damaged step loses its marker, so saving that step again replaces it; temporaries are cleared at start.
+    checkpoint.remove_stale_temporaries(folder)
+    assert not (tmp_path / ".ckpt_00000008.pt.tmp-0123abcd").exists()
+    checkpoint.save_checkpoint(folder, 4, state(4), keep_last=5)
+    assert checkpoint.read_preload(folder, "latest")["step"] == 4
+
+
+def test_transient_errors_are_retried(tmp_path, monkeypatch, capsys):
+    calls, real_save = [], torch.save
+
+    def flaky_save(obj, f):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OSError(5, "Input/output error")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", flaky_save)
+    assert checkpoint.save_checkpoint(str(tmp_path), 3, state(3), keep_last=2)
+    assert len(calls) == 3 and "retrying" in capsys.readouterr().err
+    assert checkpoint.read_preload(str(tmp_path), "latest")["step"] == 3
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_a_save_that_keeps_failing_is_reported_and_harms_nothing(tmp_path, monkeypatch, capsys):
+    checkpoint.save_checkpoint(str(tmp_path), 1, state(1), keep_last=2)
+    monkeypatch.setattr(torch, "save", lambda obj, f: (f.write(b"partial"), (_ for _ in ()).throw(
+        OSError(28, "No space left on device"))))
+    assert checkpoint.save_checkpoint(str(tmp_path), 2, state(2), keep_last=2) is None
+    assert "CHECKPOINT OF STEP 2 NOT SAVED" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_00000001.done", "ckpt_00000001.pt"]
+
+
+def test_pruning_keeps_the_newest_and_the_best(tmp_path):
+    for step in range(1, 7):
+        checkpoint.save_checkpoint(str(tmp_path), step, state(step), keep_last=2, best_step=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [2, 5, 6]
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """Root ignores permission bits, so as root the folder is made immutable instead."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        os.chmod(folder, 0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            os.chmod(folder, 0o755)
+
+
+def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "w"
+    corpus = write_jsonl(tmp_path / "toy.jsonl", toy_pairs(300))
+    real_save = checkpoint.save_checkpoint
+    with contextlib.ExitStack() as stack:
+        def save_then_lose_the_folder(*args, **kwargs):
+            path = real_save(*args, **kwargs)
+            if args[1] == 2:
+                stack.enter_context(read_only(folder))
+            return path
+
+        monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_lose_the_folder)
+        train.main([*TINY_MODEL, "--data_files", corpus, "--valid_size", "20", "--test_size", "20",
+                    "--model_folder", str(folder), "--max_steps", "6", "--save_every", "2", "--eval_every", "50"])
+    out, err = capsys.readouterr()
+    assert "done: 6 steps" in out
+    assert "CHECKPOINT OF STEP 4 NOT SAVED" in err and "CHECKPOINT OF STEP 6 NOT SAVED" in err
+    assert [s for s, _ in checkpoint.list_checkpoints(str(folder))] == [2]
+    assert checkpoint.read_preload(str(folder), "latest")["step"] == 2
