@@ -6,6 +6,7 @@ LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set by the launcher). NCCL when CUDA is
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,45 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = {}
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store = {"store": _store_of_this_round(rank, world_size, timeout), "rank": rank, "world_size": world_size}
+    dist.init_process_group(backend=backend, timeout=timeout, **store,
                             **({"device_id": device} if backend == "nccl" else {}))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+ROUND_STORE_KEY = "transformer-translation/round-store-port"
+
+
+def _store_of_this_round(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """A key-value store that no earlier round of this torchrun job has written to.
+
+    torchrun hands its workers the agent's store (MASTER_ADDR:MASTER_PORT) and keeps that same store across
+    --max-restarts rounds. The process group's connection keys of a killed round stay in it, so a worker of the
+    next round can read a dead peer's address and fail to connect (pytorch/pytorch#135712). Instead, global
+    rank 0 of each round serves a fresh store and publishes its port in the agent's store; the other ranks keep
+    reading that key until the port it names answers, since a stale one belongs to a process that is gone."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_store = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    if rank == 0:
+        own = dist.TCPStore(host, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent_store.set(ROUND_STORE_KEY, str(own.port))
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        round_port = int(agent_store.get(ROUND_STORE_KEY))  # waits until some round has published one
+        try:
+            store = dist.TCPStore(host, round_port, world_size, is_master=False,
+                                  timeout=datetime.timedelta(seconds=2))
+            store.set_timeout(timeout)
+            return store
+        except (RuntimeError, dist.DistError) as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"global rank 0 published no reachable store at {host} within "
+                                   f"{timeout.total_seconds():.0f} s: {e}") from None
+            time.sleep(0.2)  # the port of a previous round: rank 0 of this round has not published yet
 
 
 def destroy_distributed() -> None:
