@@ -111,12 +111,16 @@ def _write_new_file(final: str, write) -> None:
             os.remove(tmp)
 
 
-def _pause_for_fault_injection() -> None:
-    """Tests only: with TRAINER_TEST_PAUSE_IN_SAVE=FILE, the first save creates FILE and blocks, so a test can
-    kill the writer at exactly this moment (checkpoint data written, not yet committed)."""
-    flag = os.environ.get("TRAINER_TEST_PAUSE_IN_SAVE")
-    if flag and not os.path.exists(flag):
+def _pause_for_fault_injection(step: int) -> None:
+    """Tests only: with TRAINER_TEST_PAUSE_IN_SAVE=STEP:FLAG_FILE, the save of STEP announces itself on stdout and
+    blocks once (FLAG_FILE marks it done), so a test can kill the writer with the data written but not committed."""
+    hook = os.environ.get("TRAINER_TEST_PAUSE_IN_SAVE")
+    if not hook:
+        return
+    hook_step, flag = hook.split(":", 1)
+    if int(hook_step) == step and not os.path.exists(flag):
         open(flag, "w").close()
+        print(f"paused in save of step {step}", flush=True)
         while True:
             time.sleep(3600)
 
@@ -126,7 +130,7 @@ def _commit(folder: str, step: int, state: dict) -> str:
     if os.path.exists(final):
         os.remove(final)  # an uncommitted leftover of a crashed save of this very step
     _write_new_file(final, lambda f: torch.save(state, f))
-    _pause_for_fault_injection()
+    _pause_for_fault_injection(step)
     marker = json.dumps({"step": step, "bytes": os.path.getsize(final)}).encode()
     _write_new_file(_marker_path(final), lambda f: f.write(marker))
     _fsync_folder(folder)

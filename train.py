@@ -209,8 +209,10 @@ def train(cfg: Config, info: DistInfo) -> None:
                          checkpoint.remove_stale_temporaries(cfg.model_folder)))
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
                                            cfg.seed, lengths=train_set.dataset.src_lengths + train_set.dataset.tgt_lengths)
+    # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
+    # mid-epoch resume would then see another dropout stream than an uninterrupted run.
     loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
-                        pin_memory=info.device.type == "cuda")
+                        pin_memory=info.device.type == "cuda", generator=torch.Generator())
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps)
     torch.manual_seed(cfg.seed)

@@ -61,10 +61,16 @@ def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return pairs
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment of a launched process: offline, and without the handle of a W&B service that an in-process
+    run started in this pytest process (children would share it, and a killed child's run would stay open there)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, **OFFLINE_ENV, **(extra or {})}
+
+
 def launch(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run a command from the repository root with the offline environment; output captured as text."""
-    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
-    return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 def torchrun(nproc: int, train_args: list[str], extra: list[str] | None = None, **kwargs):

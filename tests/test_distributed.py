@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import dataset as data
 from config import parse_config
 from conftest import free_port
-from distributed import DistInfo, destroy_distributed, init_distributed
+from distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from model import ModelConfig, Transformer
 from train import make_autocast, train_step
 
@@ -110,3 +110,61 @@ def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path):
     for state in (ranks[0]["state"], ranks[1]["state"]):
         for name, value in untouched.items():
             assert torch.equal(state[name], value), name
+
+
+def _timeout_worker(rank: int, port: int, out_dir: str, rank0_done):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    init_distributed(timeout_s=2.0)
+    try:
+        if rank == 0:  # rank 1 never joins this barrier: rank 0 must fail after --dist_timeout, not hang
+            try:
+                barrier()
+                outcome = "returned"
+            except RuntimeError as e:
+                outcome = f"raised: {e}"
+            with open(os.path.join(out_dir, "outcome.txt"), "w") as f:
+                f.write(outcome)
+            rank0_done.set()
+        else:
+            rank0_done.wait()
+    finally:
+        destroy_distributed()
+
+
+def test_dist_timeout_bounds_a_collective_that_a_rank_never_joins(tmp_path):
+    context = mp.get_context("spawn")
+    rank0_done = context.Event()
+    mp.start_processes(_timeout_worker, args=(free_port(), str(tmp_path), rank0_done), nprocs=2,
+                       start_method="spawn")
+    outcome = (tmp_path / "outcome.txt").read_text()
+    assert outcome.startswith("raised") and "timed out" in outcome.lower(), outcome
+
+
+def test_each_torchrun_round_gets_a_store_free_of_the_keys_of_dead_rounds(monkeypatch):
+    """torchrun's agent store outlives a round; a new round must not read a dead round's published port."""
+    import socket
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    import distributed
+
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent.port))
+    with socket.create_server(("127.0.0.1", 0)) as dead_round:  # accepts once, then hangs up like a dead store
+        agent.set(distributed.ROUND_STORE_KEY, str(dead_round.getsockname()[1]))
+        agent.set("rank_1_address", "of a dead process")
+        stores = {}
+        rank1 = threading.Thread(target=lambda: stores.update(
+            {1: distributed._store_of_this_round(1, 2, timedelta(seconds=30))}))
+        rank1.start()
+        connection, _ = dead_round.accept()  # rank 1 read the stale port and tried it
+        connection.close()
+    stores[0] = distributed._store_of_this_round(0, 2, timedelta(seconds=30))
+    rank1.join()
+    stores[0].set("from rank 0", "fresh")
+    assert stores[1].get("from rank 0") == b"fresh"
+    assert not stores[1].check(["rank_1_address"])  # the dead round's keys are not in this round's store

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import checkpoint
+import dataset as data
 import train
-from conftest import OFFLINE_ENV, ROOT, TINY_MODEL, free_port, toy_pairs, torchrun, write_jsonl
+from conftest import ROOT, TINY_MODEL, child_env, free_port, toy_pairs, torchrun, write_jsonl
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_torchrun_two_processes_builtin_corpus_wandb_offline_and_resume(tmp_path
 def test_two_nodes_train_together_and_only_global_rank_0_writes(tmp_path, toy_corpus):
     """Each agent is told a different --model_folder, as if the drive were not shared: only one may be touched."""
     port, folders = free_port(), [tmp_path / "node0", tmp_path / "node1"]
-    env = {**os.environ, **OFFLINE_ENV}
+    env = child_env()
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                 "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=twonodes",
                                 "train.py", *TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20",
@@ -114,6 +115,21 @@ def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corp
     code, _, err = run_in_process([*TINY_MODEL, *base, "--d_ff", "128"], capsys)
     assert code == 2
     assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "another --model_folder" in err
+
+
+def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp_path, toy_corpus, capsys):
+    folder = tmp_path / "w"
+    base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
+            str(folder), "--max_steps", "2", "--save_every", "2"]
+    assert run_in_process(base, capsys)[0] == 0
+    code, _, err = run_in_process([*base, "--lang_src", "it", "--lang_tgt", "en"], capsys)
+    assert code == 2 and "--lang_src en (checkpoint) vs it (now)" in err and "--lang_tgt it (checkpoint) vs en" in err
+    # Someone replaced the target tokenizer in the folder: the checkpoint's embeddings no longer fit it.
+    other = data.train_tokenizer([p[1] for p in toy_pairs(50, seed=1)], 300)
+    (folder / "tokenizer_it.json").write_text(other.to_str())
+    code, _, err = run_in_process(base, capsys)
+    assert code == 2 and "the tgt tokenizer differs from the checkpoint's" in err
+    assert "the src tokenizer" not in err and checkpoint_steps(folder) == [2]
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):

@@ -1,0 +1,160 @@
+"""Runs that are stopped, killed or restarted end exactly where an uninterrupted run ends: bit for bit.
+
+Every run here trains the same small model with dropout on, for STEPS steps over more than two epochs of a toy
+corpus, on two gloo ranks; a checkpoint every 2 steps. The interrupted runs are compared with one reference run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import ROOT, TINY_MODEL, child_env, free_port, toy_pairs, write_jsonl
+
+STEPS = 30
+MODEL = [*TINY_MODEL, "--d_model", "64", "--d_ff", "128", "--dropout", "0.2", "--log_every", "1",
+         "--save_every", "2", "--eval_every", "1000", "--valid_size", "20", "--test_size", "20",
+         "--max_steps", str(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "toy.jsonl", toy_pairs(400))
+
+
+def start(folder, corpus, nproc=2, launcher=("--standalone",), env=None, extra=()) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *launcher, "train.py",
+               *MODEL, "--data_files", corpus, "--model_folder", str(folder), *extra]
+    return subprocess.Popen(command, cwd=ROOT, env=child_env(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_line(process: subprocess.Popen, prefix: str) -> list[str]:
+    """Read rank 0's output until a line starts with `prefix`; the lines read so far."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the run ended before printing {prefix!r}: {''.join(lines)[-2000:]}")
+
+
+def finish(process: subprocess.Popen, timeout=240) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def worker_pid(agent: subprocess.Popen, rank: int) -> int:
+    """The pid of the worker of global rank `rank` among the agent's children."""
+    with open(f"/proc/{agent.pid}/task/{agent.pid}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if f"RANK={rank}".encode() in f.read().split(b"\0"):
+                return pid
+    raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+def final_parameters(folder) -> dict:
+    steps = checkpoint.list_checkpoints(str(folder))
+    assert steps[-1][0] == STEPS, steps
+    return checkpoint.load_checkpoint(steps[-1][1])
+
+
+def assert_bit_identical(a: dict, b: dict):
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert (a["epoch"], a["epoch_sample"]) == (b["epoch"], b["epoch_sample"])
+    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer"]["state"].values(),
+                                                            b["optimizer"]["state"].values())]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    code, out, err = finish(start(folder, corpus))
+    assert code == 0, err[-3000:]
+    return final_parameters(folder)
+
+
+def test_sigterm_to_one_rank_stops_all_cleanly_and_resume_is_bit_identical(tmp_path, corpus, reference):
+    run = start(tmp_path, corpus)
+    wait_for_line(run, "step 3 |")
+    os.kill(worker_pid(run, 1), signal.SIGTERM)  # rank 1 alone is told: rank 0 must learn it through the group
+    code, out, err = finish(run, timeout=60)
+    assert code == 0, err[-3000:]
+    assert "stop requested (on another rank)" in out
+    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
+    assert 3 <= stopped_at < STEPS and f"saved {tmp_path}/ckpt_{stopped_at:08d}.pt" in out
+    code, out, err = finish(start(tmp_path, corpus))
+    assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
+    assert_bit_identical(final_parameters(tmp_path), reference)
+
+
+def test_worker_killed_under_max_restarts_resumes_by_itself_bit_identical(tmp_path, corpus, reference):
+    run = start(tmp_path, corpus, launcher=("--standalone", "--max-restarts=2"))
+    wait_for_line(run, "step 7 |")
+    os.kill(worker_pid(run, 1), signal.SIGKILL)
+    code, out, err = finish(run)
+    assert code == 0, err[-3000:]
+    assert "resumed from step" in out
+    assert_bit_identical(final_parameters(tmp_path), reference)
+
+
+def test_writer_killed_mid_save_resumes_from_the_previous_checkpoint_bit_identical(tmp_path, corpus, reference):
+    folder = tmp_path / "w"
+    hook = {"TRAINER_TEST_PAUSE_IN_SAVE": f"6:{tmp_path / 'paused-once'}"}
+    run = start(folder, corpus, launcher=("--standalone", "--max-restarts=1"), env=hook)
+    wait_for_line(run, "paused in save of step 6")
+    assert (folder / "ckpt_00000006.pt").exists() and not (folder / "ckpt_00000006.done").exists()
+    os.kill(worker_pid(run, 0), signal.SIGKILL)
+    code, out, err = finish(run)
+    assert code == 0, err[-3000:]
+    assert "resumed from step 4" in out and "ckpt_00000006.pt: incomplete" in err
+    assert_bit_identical(final_parameters(folder), reference)
+
+
+def test_resume_with_fewer_ranks_continues_at_the_same_global_sample(tmp_path, corpus):
+    code, _, err = finish(start(tmp_path, corpus, extra=["--max_steps", "4"]))
+    assert code == 0, err[-3000:]
+    before = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path))[-1][1])
+    assert (before["step"], before["epoch_sample"]) == (4, 4 * 2 * 16)
+    code, out, err = finish(start(tmp_path, corpus, nproc=1, extra=["--max_steps", "6"]))
+    assert code == 0, err[-3000:]
+    assert "world size 1" in out and "resumed from step 4 (epoch 0, 128 samples into it)" in out
+    after = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path))[-1][1])
+    assert (after["step"], after["epoch_sample"]) == (6, 128 + 2 * 16)  # one rank: 16 samples a step
+
+
+def test_nodes_with_different_folders_resume_through_rank_0_or_stop_clearly(tmp_path, corpus):
+    """Two agents with static ranks, each given its own --model_folder as if the drive were not shared."""
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def two_nodes(folder_of_rank0, folder_of_rank1, max_steps):
+        port = free_port()
+        agents = [start(folder, corpus, nproc=1, extra=["--max_steps", str(max_steps)],
+                        launcher=("--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1",
+                                  f"--master_port={port}"))
+                  for rank, folder in enumerate((folder_of_rank0, folder_of_rank1))]
+        return [finish(agent) for agent in agents]
+
+    results = two_nodes(a, b, 4)
+    assert all(code == 0 for code, _, _ in results), results[1][2][-3000:]
+    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not b.exists()
+
+    results = two_nodes(b, a, 6)  # rank 0 now sees an empty folder, rank 1 sees step 4
+    assert all(code != 0 for code, _, _ in results)
+    for _, _, err in results:
+        assert "error: --model_folder" in err and "sees checkpoint step 4 but global rank 0 sees none" in err
+    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not os.listdir(b)
+
+    results = two_nodes(a, b, 6)  # rank 0 reads its folder and broadcasts: rank 1 needs none
+    assert all(code == 0 for code, _, _ in results), results[1][2][-3000:]
+    assert "resumed from step 4" in results[0][1]
+    assert [s for s, _ in checkpoint.list_checkpoints(str(a))][-1] == 6
