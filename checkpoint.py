@@ -20,7 +20,7 @@ import torch
 from config import UserError
 
 CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-TEMPORARY_NAME = re.compile(r"^\.(ckpt_\d{8}\.(pt|done)|best\.json)\.tmp-[0-9a-f]+$")
+TEMPORARY_NAME = re.compile(r"^\.(ckpt_\d{8}\.(pt|done)|averaged_\d{8}-\d{8}\.pt)\.tmp-[0-9a-f]+$")
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "epoch_sample", "config", "rng")
 RETRY_DELAYS_S = (1.0, 4.0, 16.0)  # transient network-drive errors usually pass within seconds
 
@@ -230,6 +230,39 @@ def _load_named(folder: str, preload: str) -> dict:
         raise
     except Exception as e:
         raise UserError(f"--preload {preload}: {path} fails to load ({str(e).strip().splitlines()[0]})") from None
+
+
+def average_checkpoints(paths: list[str]) -> dict:
+    """The last checkpoint of `paths` with its model parameters replaced by their mean over all of them (summed in
+    float64, one file in memory at a time); `averaged_from` lists the steps."""
+    total, state, steps = {}, None, []
+    for path in paths:
+        state = load_checkpoint(path)
+        steps.append(state["step"])
+        for name, value in state["model"].items():
+            if value.is_floating_point():
+                total[name] = total.get(name, 0) + value.double()
+    model = {name: (total[name] / len(paths)).to(value.dtype) if name in total else value
+             for name, value in state["model"].items()}
+    return {**state, "model": model, "averaged_from": steps}
+
+
+def write_average_of_last(folder: str, n: int) -> str | None:
+    """Rank 0: average the newest `n` complete checkpoints into averaged_<first>-<last>.pt, committed like a
+    checkpoint (resume never picks it). None when fewer than two checkpoints exist or the write fails."""
+    found = list_checkpoints(folder)[-n:]
+    if len(found) < 2:
+        return None
+    path = os.path.join(folder, f"averaged_{found[0][0]:08d}-{found[-1][0]:08d}.pt")
+    try:
+        state = average_checkpoints([p for _, p in found])
+        if os.path.exists(path):
+            os.remove(path)
+        _write_new_file(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        warn(f"could not write the average of {[s for s, _ in found]} to {path}: {e}")
+        return None
+    return path
 
 
 def newest_step(folder: str) -> int:

@@ -43,7 +43,9 @@ class Config:
     tie_embeddings: bool = _setting(True, "share the decoder embedding with the output projection")
 
     # optimisation
-    batch_size: int = _setting(64, "sentence pairs per batch on each rank (per micro-step)")
+    batch_size: int = _setting(64, "sentence pairs per batch on each rank (per micro-step); see --max_tokens")
+    max_tokens: int | None = _setting(None, "instead of --batch_size: batches of about this many padded tokens per "
+                                            "rank and micro-step, of similar lengths (fairseq's --max-tokens)")
     grad_accum_steps: int = _setting(1, "micro-steps per optimizer step; gradients are all-reduced on the last only")
     num_epochs: int = _setting(4, "passes over the training split")
     max_steps: int | None = _setting(None, "stop after this many optimizer steps (whichever comes first with epochs)")
@@ -56,11 +58,19 @@ class Config:
     precision: str = _setting("auto", "auto = bf16 on GPUs that support it, fp16 (+GradScaler) on older GPUs, "
                                       "fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _setting(0, "seed of initialisation, dropout and data order")
+    compile: bool | None = _setting(None, "torch.compile the model for training (default: on with CUDA, off on CPU)")
+    num_workers: int | None = _setting(None, "DataLoader worker processes per rank (default: 2 with CUDA, 0 on CPU, "
+                                             "where the cores are busy computing)")
+    peak_tflops: float | None = _setting(None, "peak TFLOP/s of one device for MFU (default: a datasheet table for "
+                                               "known GPUs, a measured matmul on CPU)")
 
     # evaluation
     eval_every: int = _setting(1000, "evaluate every N optimizer steps (and at the end of every epoch)")
     eval_max_sentences: int = _setting(500, "validation sentences greedily decoded for BLEU/chrF at each evaluation")
     log_every: int = _setting(50, "print and log training metrics every N optimizer steps")
+    beam_size: int = _setting(4, "beam size for the final test-set score (validation decodes greedily, = beam 1)")
+    length_penalty: float = _setting(1.0, "beam search ranks hypotheses by log-probability / length ** this; 0 "
+                                          "compares raw sums (favours short outputs), larger favours longer ones")
 
     # checkpoints
     model_folder: str = _setting("weights", "folder for checkpoints, tokenizers and metrics (shared by all nodes)")
@@ -68,6 +78,8 @@ class Config:
                                       "or a checkpoint path")
     save_every: int = _setting(1000, "save a checkpoint every N optimizer steps (and at the end of training)")
     keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2), plus the best by BLEU")
+    average_last: int = _setting(0, "at the end of training, average the parameters of the last N checkpoints "
+                                    "(at most --keep_last) into averaged.pt; 0 or 1: no averaging")
     dist_timeout: float = _setting(1800.0, "seconds a collective may wait for the other ranks before failing")
 
     # logging
@@ -90,6 +102,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an encoder-decoder Transformer for translation "
                                                  "(run with python or torchrun).",
@@ -104,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hints[f.name] == (int | None):
             kwargs["type"] = _optional_int
+        elif hints[f.name] == (float | None):
+            kwargs["type"] = _optional_float
         else:
             kwargs["type"] = kind
         parser.add_argument(f"--{f.name}", **kwargs)
@@ -128,6 +146,11 @@ def validate(cfg: Config) -> None:
     for name in ("valid_size", "test_size", "warmup_steps"):
         _check(getattr(cfg, name) >= 0, name, f"must be zero or positive, got {getattr(cfg, name)}")
     _check(cfg.max_steps is None or cfg.max_steps > 0, "max_steps", f"must be positive, got {cfg.max_steps}")
+    _check(cfg.max_tokens is None or cfg.max_tokens >= cfg.seq_len, "max_tokens",
+           f"must be at least --seq_len ({cfg.seq_len}) so that every kept pair fits a batch, got {cfg.max_tokens}")
+    _check(cfg.num_workers is None or cfg.num_workers >= 0, "num_workers",
+           f"must be zero or positive, got {cfg.num_workers}")
+    _check(cfg.peak_tflops is None or cfg.peak_tflops > 0, "peak_tflops", f"must be positive, got {cfg.peak_tflops}")
     _check(cfg.d_model % cfg.num_heads == 0, "num_heads",
            f"must divide --d_model ({cfg.d_model} is not divisible by {cfg.num_heads})")
     _check((cfg.d_model // cfg.num_heads) % 2 == 0, "num_heads", "--d_model / --num_heads must be even")
@@ -139,6 +162,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.weight_decay >= 0, "weight_decay", f"must be zero or positive, got {cfg.weight_decay}")
     _check(cfg.grad_clip >= 0, "grad_clip", f"must be zero or positive, got {cfg.grad_clip}")
     _check(cfg.keep_last >= 2, "keep_last", f"must be at least 2, got {cfg.keep_last}")
+    _check(0 <= cfg.average_last <= cfg.keep_last, "average_last",
+           f"must be between 0 and --keep_last ({cfg.keep_last}), got {cfg.average_last}")
+    _check(cfg.beam_size >= 1, "beam_size", f"must be at least 1, got {cfg.beam_size}")
+    _check(cfg.length_penalty >= 0, "length_penalty", f"must be zero or positive, got {cfg.length_penalty}")
     _check(cfg.dist_timeout > 0, "dist_timeout", f"must be positive, got {cfg.dist_timeout}")
     _check(cfg.lang_src != cfg.lang_tgt, "lang_tgt", f"must differ from --lang_src ({cfg.lang_src})")
     _check(bool(cfg.model_folder.strip()), "model_folder", "must not be empty")

@@ -6,6 +6,7 @@ generator, the Hugging Face hub (`datasets.load_dataset`) or local files in the 
 """
 
 import glob
+import itertools
 import os
 import random
 from dataclasses import dataclass
@@ -240,67 +241,106 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.T
 class DistributedBatchSampler(Sampler[list[int]]):
     """Yields this rank's share of each global batch.
 
-    Every rank draws the same order from `seed + epoch` (see `epoch_order`); consecutive chunks of `world_size * batch_size`
-    examples form the global batches, and rank r takes the r-th slice of each. So shards are disjoint, every rank
-    has the same number of batches (no rank waits alone in a collective), and the position in an epoch is one
-    number, the samples consumed, which does not depend on the world size: a run can resume mid-epoch, even with
-    another number of ranks. The last, partial global batch is split as evenly as possible over the ranks
-    (training normalises the loss by global token count, so uneven batches weigh correctly); fewer examples
-    than ranks are left for the next epoch's shuffle.
+    Every rank draws the same order from `seed + epoch` (see `epoch_order`) and cuts it into the same global
+    batches, one share per rank, so shards are disjoint, every rank has the same number of batches (no rank waits
+    alone in a collective), and the position in an epoch is one number, the samples consumed, which does not depend
+    on the world size: a run can resume mid-epoch, even with another number of ranks.
+
+    Two ways to size batches:
+    - `batch_size` sentences per rank: consecutive chunks of `world_size * batch_size` examples are the global
+      batches, split evenly over the ranks; the last, partial one too (training normalises the loss by the global
+      token count, so uneven shares weigh correctly); fewer examples than ranks wait for the next epoch's shuffle.
+    - `max_tokens` per rank (fairseq's --max-tokens): the order is cut into consecutive batches whose padded size,
+      sentences x longest sentence, stays within the budget; each run of `world_size` such batches is a global
+      batch. The cuts do not depend on the world size either; a last run shorter than `world_size` waits for the
+      next epoch.
     """
 
     GROUPING_WINDOW_BATCHES = 50
 
     def __init__(self, num_examples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 lengths: torch.Tensor | None = None):
-        self.num_examples, self.batch_size = num_examples, batch_size
+                 lengths: torch.Tensor | None = None, max_tokens: int | None = None):
+        if max_tokens is not None and lengths is None:
+            raise ValueError("max_tokens needs the example lengths")
+        self.num_examples, self.batch_size, self.max_tokens = num_examples, batch_size, max_tokens
         self.rank, self.world_size = rank, world_size
         self.seed, self.lengths = seed, lengths
         self.epoch, self.start_sample = 0, 0
+        self._cached: tuple[tuple[int, int], list[list[list[int]]], list[int]] | None = None
 
     def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
         """Call before every epoch; `start_sample` > 0 resumes inside it."""
         self.epoch, self.start_sample = epoch, start_sample
 
+    def _examples_per_batch(self) -> int:
+        if self.max_tokens is None:
+            return self.batch_size
+        return max(1, int(self.max_tokens / max(float(self.lengths.float().mean()), 1.0)))
+
     def epoch_order(self) -> list[int]:
         """This epoch's order of examples: a permutation from `seed + epoch`, then, given lengths, sorted inside
-        windows of 50 per-rank batches so that neighbours (hence batches) have similar lengths and little compute
-        goes to padding. The window does not depend on the world size, so neither does the order."""
+        windows of about 50 per-rank batches so that neighbours (hence batches) have similar lengths and little
+        compute goes to padding. The window does not depend on the world size, so neither does the order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.num_examples, generator=generator)
         if self.lengths is None:
             return order.tolist()
-        window = self.GROUPING_WINDOW_BATCHES * self.batch_size
+        window = self.GROUPING_WINDOW_BATCHES * self._examples_per_batch()
         grouped = [chunk[torch.sort(self.lengths[chunk], stable=True).indices] for chunk in order.split(window)]
         return torch.cat(grouped).tolist()
 
-    def global_batches(self) -> list[list[int]]:
-        """The rest of this epoch's global batches, from `start_sample` on."""
-        order = self.epoch_order()[self.start_sample:]
-        size = self.world_size * self.batch_size
-        batches = [order[i:i + size] for i in range(0, len(order), size)]
-        if batches and len(batches[-1]) < self.world_size:
-            batches.pop()
+    def _token_budget_batches(self, order: list[int]) -> list[list[int]]:
+        """Greedy consecutive cuts: a batch grows while (sentences + 1) x longest stays within max_tokens. A
+        sentence longer than the budget on its own still gets a batch (validation keeps max_tokens >= seq_len)."""
+        lengths = self.lengths.tolist()
+        batches, current, longest = [], [], 0
+        for i in order:
+            longer = max(longest, lengths[i])
+            if current and (len(current) + 1) * longer > self.max_tokens:
+                batches.append(current)
+                current, longer = [], lengths[i]
+            current.append(i)
+            longest = longer
+        if current:
+            batches.append(current)
         return batches
 
-    def rank_share(self, global_batch: list[int]) -> list[int]:
-        per_rank, extra = divmod(len(global_batch), self.world_size)
-        start = self.rank * per_rank + min(self.rank, extra)
-        return global_batch[start:start + per_rank + (self.rank < extra)]
+    def global_batches(self) -> list[list[list[int]]]:
+        """The rest of this epoch's global batches, from `start_sample` on; each a list of one share per rank."""
+        key = (self.epoch, self.start_sample)
+        if self._cached is None or self._cached[0] != key:
+            batches = self._cut(self.epoch_order()[self.start_sample:])
+            sizes = [sum(len(share) for share in global_batch) for global_batch in batches]
+            self._cached = (key, batches, [0, *itertools.accumulate(sizes)])
+        return self._cached[1]
+
+    def _cut(self, order: list[int]) -> list[list[list[int]]]:
+        world = self.world_size
+        if self.max_tokens is not None:
+            local = self._token_budget_batches(order)
+            return [local[i:i + world] for i in range(0, len(local) - world + 1, world)]
+        size = world * self.batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            if len(chunk) < world:
+                break
+            per_rank, extra = divmod(len(chunk), world)
+            bounds = [r * per_rank + min(r, extra) for r in range(world + 1)]
+            batches.append([chunk[bounds[r]:bounds[r + 1]] for r in range(world)])
+        return batches
 
     def __iter__(self):
         for global_batch in self.global_batches():
-            yield self.rank_share(global_batch)
+            yield global_batch[self.rank]
 
     def __len__(self) -> int:
-        remaining = self.num_examples - self.start_sample
-        size = self.world_size * self.batch_size
-        full, tail = divmod(remaining, size)
-        return full + (tail >= self.world_size)
+        return len(self.global_batches())
 
     def position_after(self, batches_done: int) -> int:
         """Samples of the epoch consumed once this rank has taken `batches_done` batches since `set_epoch`."""
-        return min(self.start_sample + batches_done * self.world_size * self.batch_size, self.num_examples)
+        self.global_batches()
+        return self.start_sample + self._cached[2][batches_done]
 
 
 def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:

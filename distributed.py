@@ -49,6 +49,8 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         store = {"store": _store_of_this_round(rank, world_size, timeout), "rank": rank, "world_size": world_size}
     dist.init_process_group(backend=backend, timeout=timeout, **store,
                             **({"device_id": device} if backend == "nccl" else {}))
+    global _cpu_group
+    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -84,7 +86,13 @@ def _store_of_this_round(rank: int, world_size: int, timeout: datetime.timedelta
             time.sleep(0.2)  # the port of a previous round: rank 0 of this round has not published yet
 
 
+# A gloo group beside NCCL for small host-side agreements: asking it never waits for the GPU to finish its queue.
+_cpu_group = None
+
+
 def destroy_distributed() -> None:
+    global _cpu_group
+    _cpu_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -112,6 +120,22 @@ def dist_sum(values: list[float], device: torch.device) -> list[float]:
 
 def dist_max(values: list[float], device: torch.device) -> list[float]:
     return _all_reduce(values, dist.ReduceOp.MAX, device)
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place, on its device: the result stays there, so the host does not wait for it."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank; on the CPU (gloo), so the host never waits for the GPU."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return bool(t.item())
 
 
 def broadcast_from_main(obj):

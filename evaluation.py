@@ -1,4 +1,4 @@
-"""Validation on every rank: a token-weighted loss and greedy translations scored with sacreBLEU.
+"""Evaluation on every rank: a token-weighted loss and translations (greedy or beam) scored with sacreBLEU.
 
 Each rank works on its own shard through the unwrapped model (never a DDP forward alone), then one all-reduce
 (loss) and one gather (translations) bring the results together; rank 0 scores BLEU and chrF on detokenized text.
@@ -54,40 +54,49 @@ def max_output_length(src_length: int) -> int:
     return 2 * src_length + 10
 
 
+def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: float = 1.0) -> torch.Tensor:
+    """Translations of a padded source batch as token ids: greedy for beam size 1, else beam search; outputs may be
+    at most twice as long as the source plus a margin."""
+    max_new_tokens = max_output_length(src.shape[1])
+    if beam_size == 1:
+        return model.greedy_decode(src, BOS_ID, EOS_ID, max_new_tokens)
+    return model.beam_search(src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty)
+
+
 @torch.no_grad()
-def greedy_translations(model, dataset: TranslationDataset, indices: list[int], tgt_tokenizer, batch_size: int,
-                        device, autocast) -> dict[int, str]:
+def translate_examples(model, dataset: TranslationDataset, indices: list[int], tgt_tokenizer, batch_size: int,
+                       device, autocast, beam_size: int = 1, length_penalty: float = 1.0) -> dict[int, str]:
     """{dataset index: detokenized hypothesis} for the given examples."""
     model.eval()
     out = {}
     for chunk, batch in _length_sorted_batches(dataset, indices, batch_size):
         with autocast():
-            tokens = model.greedy_decode(batch["src"].to(device), BOS_ID, EOS_ID,
-                                         max_output_length(batch["src"].shape[1]))
+            tokens = decode_tokens(model, batch["src"].to(device), beam_size, length_penalty)
         texts = tgt_tokenizer.decode_batch(tokens.tolist(), skip_special_tokens=True)
         out.update(zip(chunk, texts))
     return out
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> tuple[float, float, str]:
-    """sacreBLEU BLEU and chrF on detokenized text, with the BLEU signature."""
+def corpus_scores(hypotheses: list[str], references: list[str]) -> tuple[float, float, str, str]:
+    """sacreBLEU BLEU and chrF on detokenized text, with their signatures."""
     import sacrebleu
 
     bleu = sacrebleu.metrics.BLEU()
     chrf = sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [references])
     chrf_score = chrf.corpus_score(hypotheses, [references])
-    return bleu_score.score, chrf_score.score, str(bleu.get_signature())
+    return bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature())
 
 
 def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], kept: list[int], tgt_tokenizer,
-             dist_info: DistInfo, batch_size: int, max_sentences: int, autocast,
-             num_samples: int = 3) -> EvalResult:
+             dist_info: DistInfo, batch_size: int, max_sentences: int, autocast, num_samples: int = 3,
+             beam_size: int = 1, length_penalty: float = 1.0) -> EvalResult:
     """Collective: every rank must call it. `pairs[kept[i]]` is the text of dataset example i."""
     loss, tokens = validation_loss(model, dataset, dist_info, batch_size, autocast)
     scored = min(max_sentences, len(dataset))
     mine = shard_for_rank(scored, dist_info.rank, dist_info.world_size)
-    hypotheses = greedy_translations(model, dataset, mine, tgt_tokenizer, batch_size, dist_info.device, autocast)
+    hypotheses = translate_examples(model, dataset, mine, tgt_tokenizer, batch_size, dist_info.device, autocast,
+                                    beam_size, length_penalty)
     gathered = gather_to_main(hypotheses)
     result = EvalResult(loss=loss, tokens=tokens)
     if gathered is None:
@@ -95,6 +104,6 @@ def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], k
     merged = {i: text for shard in gathered for i, text in shard.items()}
     hyps = [merged[i] for i in range(scored)]
     refs = [pairs[kept[i]][1] for i in range(scored)]
-    result.bleu, result.chrf, result.bleu_signature = corpus_scores(hyps, refs)
+    result.bleu, result.chrf, result.bleu_signature, _ = corpus_scores(hyps, refs)
     result.samples = [(pairs[kept[i]][0], refs[i], hyps[i]) for i in range(min(num_samples, scored))]
     return result

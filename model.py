@@ -200,5 +200,66 @@ class Transformer(nn.Module):
         return out.masked_fill((out == eos_id).cumsum(dim=1) > 0, self.config.pad_id)
 
 
+    @torch.no_grad()
+    def beam_search(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int, beam_size: int = 4,
+                    length_penalty: float = 1.0) -> torch.Tensor:
+        """Beam search over a batch, with the key/value cache: (B, <=max_new_tokens) token ids of each sentence's
+        best hypothesis, EOS and what follows it set to pad.
+
+        Beams are ranked by their summed log-probability; a beam that emitted EOS keeps its score and its slot,
+        and the search stops when every beam has ended. The winner maximises score / length ** length_penalty
+        (length counts the EOS): 0 compares raw sums, which favour short outputs; larger values favour longer ones.
+        Beam size 1 is greedy decoding."""
+        max_new_tokens = min(max_new_tokens, self.config.max_len)
+        batch, k, pad = src.shape[0], beam_size, self.config.pad_id
+        src = src.repeat_interleave(k, dim=0)  # (B*K, S): every beam of a sentence sees its source
+        src_mask = self.source_mask(src)
+        memory = self.encode(src, src_mask)
+        scores = torch.full((batch, k), float("-inf"), device=src.device)
+        scores[:, 0] = 0.0  # one live beam at first, so the K beams do not start as K copies
+        tokens = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(batch * k, dtype=torch.bool, device=src.device)
+        lengths = torch.zeros(batch * k, device=src.device)
+        caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers]
+        offsets = torch.arange(batch, device=src.device)[:, None] * k
+        for step in range(max_new_tokens):
+            logits = self.decode(tokens[:, -1:], memory, src_mask, caches, offset=step)
+            log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
+            # An ended beam continues with padding at no cost: its score stays as it was.
+            log_probs[finished] = float("-inf")
+            log_probs[finished, pad] = 0.0
+            vocab = log_probs.shape[-1]
+            candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
+            scores, best = candidates.topk(k, dim=-1)
+            source_beam = (offsets + best // vocab).view(-1)
+            next_token = (best % vocab).view(-1)
+            tokens = torch.cat([tokens[source_beam], next_token[:, None]], dim=1)
+            finished, lengths = finished[source_beam], lengths[source_beam]
+            lengths = lengths + (~finished).float()
+            finished = finished | (next_token == eos_id)
+            for cache in caches:  # cross-attention caches are the same for every beam of a sentence
+                cache["self"]["k"] = cache["self"]["k"][source_beam]
+                cache["self"]["v"] = cache["self"]["v"][source_beam]
+            if bool(finished.all()):
+                break
+        normalised = scores / lengths.view(batch, k).clamp(min=1) ** length_penalty
+        winner = (offsets[:, 0] + normalised.argmax(dim=-1))
+        out = tokens[winner, 1:]
+        return out.masked_fill((out == eos_id).cumsum(dim=1) > 0, pad)
+
+    @torch.no_grad()
+    def sequence_log_prob(self, src: torch.Tensor, hypotheses: torch.Tensor, bos_id: int, eos_id: int) -> torch.Tensor:
+        """The model's own score of each hypothesis (pad after EOS, as decoding returns them): the summed
+        log-probability of its tokens and of the EOS that ends it. (B,)"""
+        pad = self.config.pad_id
+        lengths = (hypotheses != pad).sum(dim=1)
+        target = torch.cat([hypotheses, torch.full_like(hypotheses[:, :1], pad)], dim=1)
+        target[torch.arange(len(target)), lengths] = eos_id
+        tgt_in = torch.cat([torch.full_like(target[:, :1], bos_id), target[:, :-1]], dim=1)
+        log_probs = F.log_softmax(self(src, tgt_in).float(), dim=-1)
+        picked = log_probs.gather(-1, target[..., None]).squeeze(-1)
+        return picked.masked_fill(target == pad, 0.0).sum(dim=1)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -68,6 +68,15 @@ class RunMonitor:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
+    def log_summary(self, metrics: dict) -> None:
+        """Final figures: a line of metrics.jsonl and the W&B run summary."""
+        if not self.enabled:
+            return
+        self._metrics_file.write(json.dumps({"summary": True, "time": round(time.time(), 3), **metrics}) + "\n")
+        self._metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(metrics)
+
     def log_samples(self, step: int, rows: list[tuple[str, str, str]]) -> None:
         """A W&B table of (source, reference, hypothesis) sample translations."""
         if self.wandb_run is None:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import resource
 import signal
@@ -28,15 +29,24 @@ from tqdm import tqdm
 
 import checkpoint
 import dataset as data
+import perf
 from config import Config, UserError, parse_config, to_dict, validate
-from distributed import (DistInfo, barrier, broadcast_from_main, destroy_distributed, dist_max, dist_sum,
-                         gather_to_main, init_distributed, main_first, raise_if_any_failed, run_on_main)
+from distributed import (DistInfo, all_reduce_sum_, any_rank, barrier, broadcast_from_main, destroy_distributed,
+                         dist_max, dist_sum, gather_to_main, init_distributed, main_first, raise_if_any_failed,
+                         run_on_main)
 from evaluation import evaluate
 from model import ModelConfig, Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
 
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
 ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings")
+
+
+def model_config(cfg: Config, src_vocab_size: int, tgt_vocab_size: int, dropout: float | None = None) -> ModelConfig:
+    return ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=cfg.d_model,
+                       num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
+                       dropout=cfg.dropout if dropout is None else dropout, max_len=cfg.seq_len, pad_id=data.PAD_ID,
+                       tie_embeddings=cfg.tie_embeddings)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -56,6 +66,23 @@ def make_autocast(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def use_compile(cfg: Config, info: DistInfo) -> bool:
+    return cfg.compile if cfg.compile is not None else info.device.type == "cuda"
+
+
+def wrap_model(raw_model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
+    """torch.compile (when on), then DDP over several ranks. `raw_model` stays what is saved and evaluated."""
+    model = torch.compile(raw_model) if use_compile(cfg, info) else raw_model
+    if info.world_size > 1:
+        # No buffer to broadcast each forward (the position table is a constant), gradients reduced straight
+        # from their bucket views, and a static graph (every step uses every parameter the same way) unless
+        # micro-steps skip the gradient sync, which DDP's static graph does not support.
+        model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                    forward_sync_buffers=False, gradient_as_bucket_view=True,
+                    static_graph=cfg.grad_accum_steps == 1)
+    return model
+
+
 def lr_multiplier(cfg: Config, total_steps: int):
     """Linear warmup to --lr, then inverse square root or cosine decay; a function of optimizer steps done."""
     warmup = max(cfg.warmup_steps, 1)
@@ -72,12 +99,13 @@ def lr_multiplier(cfg: Config, total_steps: int):
     return multiplier
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """Fused AdamW (CUDA and CPU): one kernel for all parameters, and it can skip a step on the device."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -140,23 +168,25 @@ def peak_memory_gb(device: torch.device) -> float:
 
 @dataclass
 class StepResult:
-    loss_sum: float  # label-smoothed loss summed over the step's target tokens, all ranks
-    tokens: int  # non-padding target tokens of the step, all ranks
-    grad_norm: float
-    skipped: bool  # non-finite loss or gradient: no update on any rank
+    """Device tensors: the host reads them only at log intervals, since reading one waits for the GPU's queue."""
+    loss_sum: torch.Tensor  # label-smoothed loss summed over this rank's target tokens
+    tokens: torch.Tensor  # non-padding target tokens of the step, all ranks
+    grad_norm: torch.Tensor
+    skipped: torch.Tensor  # 1.0 when a loss or gradient was not finite: no update, on every rank alike
 
 
 def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], cfg: Config, info: DistInfo,
                autocast) -> StepResult:
-    """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches."""
+    """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches.
+    No host-device sync: the optimizer skips a non-finite step on the device (fused AdamW's found_inf)."""
     # Normalise by the global count of target tokens, so every token weighs the same whatever the split.
-    local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)
-    (global_tokens,) = dist_sum([local_tokens], info.device)
+    local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)  # CPU tensors: no sync
+    global_tokens = all_reduce_sum_(torch.tensor(float(local_tokens), device=info.device))
     loss_sum = torch.zeros((), device=info.device)
     for i, batch in enumerate(micro_batches):
         src, tgt_in, tgt_out = (batch[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
         sync = i == len(micro_batches) - 1  # all-reduce gradients on the last micro-step only
-        with contextlib.nullcontext() if sync or model is raw_model else model.no_sync():
+        with contextlib.nullcontext() if sync or not isinstance(model, DDP) else model.no_sync():
             with autocast():
                 logits = model(src, tgt_in)
             micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=data.PAD_ID,
@@ -168,17 +198,32 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
     if scaler:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
-    step_loss, nonfinite = dist_sum([loss_sum.item(), float(not torch.isfinite(grad_norm))], info.device)
-    skipped = nonfinite > 0 or not math.isfinite(step_loss)
-    if not skipped:
-        if scaler:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
+    # DDP all-reduced the gradients: a NaN on one rank is a NaN on all, so every rank takes the same decision.
+    skipped = (~torch.isfinite(grad_norm)).float()
     if scaler:
+        scaler.step(optimizer)  # skips by itself when the unscaled gradients are not finite
         scaler.update()
+    else:
+        optimizer.found_inf = skipped
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_loss, int(global_tokens), float(grad_norm), skipped)
+    return StepResult(loss_sum, global_tokens, grad_norm.detach(), skipped)
+
+
+@dataclass
+class Window:
+    """What the steps since the last log line did; host-side counts are this rank's, read without any sync."""
+    loss_sum: torch.Tensor
+    tokens: torch.Tensor
+    real_tokens: int = 0  # non-padding source + target positions
+    padded_positions: int = 0
+    flops: float = 0.0
+    steps: int = 0
+    start: float = 0.0
+
+    @staticmethod
+    def new(device: torch.device) -> "Window":
+        return Window(torch.zeros((), device=device), torch.zeros((), device=device), start=time.perf_counter())
 
 
 def train(cfg: Config, info: DistInfo) -> None:
@@ -187,6 +232,9 @@ def train(cfg: Config, info: DistInfo) -> None:
     autocast = make_autocast(precision, info.device)
     say(f"config: {json.dumps(to_dict(cfg))}")
     say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
+    if info.device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # ---- data: rank 0 loads first (hub downloads land in the cache once), then the others read it
     corpus = main_first(lambda: data.load_corpus(cfg))
@@ -207,30 +255,31 @@ def train(cfg: Config, info: DistInfo) -> None:
                         f"{len(valid_set.dataset)} validation); raise --seq_len")
     run_on_main(lambda: (data.save_tokenizers(cfg, src_json, tgt_json),
                          checkpoint.remove_stale_temporaries(cfg.model_folder)))
+    lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
-                                           cfg.seed, lengths=train_set.dataset.src_lengths + train_set.dataset.tgt_lengths)
+                                           cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens)
+    on_gpu = info.device.type == "cuda"
+    num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
     # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
     # mid-epoch resume would then see another dropout stream than an uninterrupted run.
-    loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate,
-                        pin_memory=info.device.type == "cuda", generator=torch.Generator())
+    loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate, pin_memory=on_gpu,
+                        num_workers=num_workers, persistent_workers=False, generator=torch.Generator())
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps)
     torch.manual_seed(cfg.seed)
-    model_cfg = ModelConfig(src_vocab_size=src_tok.get_vocab_size(), tgt_vocab_size=tgt_tok.get_vocab_size(),
-                            d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
-                            dropout=cfg.dropout, max_len=cfg.seq_len, pad_id=data.PAD_ID,
-                            tie_embeddings=cfg.tie_embeddings)
+    model_cfg = model_config(cfg, src_tok.get_vocab_size(), tgt_tok.get_vocab_size())
     raw_model = Transformer(model_cfg).to(info.device)
     say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
         f"{model_cfg.tgt_vocab_size}")
-    optimizer = build_optimizer(raw_model, cfg, info.device)
+    optimizer = build_optimizer(raw_model, cfg)
     steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
     total_steps = min(cfg.max_steps or math.inf, cfg.num_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
-    step, epoch, epoch_sample, skipped_steps, run_id = 0, 0, 0, 0, new_run_id()
+    step, epoch, epoch_sample, run_id = 0, 0, 0, new_run_id()
+    skipped_steps = torch.zeros((), device=info.device)  # on the device: counted without a host sync
     best_bleu, best_step = -1.0, None
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
     random.seed(cfg.seed + info.rank)
@@ -243,14 +292,17 @@ def train(cfg: Config, info: DistInfo) -> None:
         if scaler is not None and saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
         step, epoch, epoch_sample = saved["step"], saved["epoch"], saved["epoch_sample"]
-        skipped_steps, run_id = saved["skipped_steps"], saved["wandb_run_id"]
+        skipped_steps.fill_(saved["skipped_steps"])
+        run_id = saved["wandb_run_id"]
         best_bleu, best_step = saved["best_bleu"], saved["best_step"]
         if len(saved["rng"]) == info.world_size:
             set_rng_state(saved["rng"][info.rank], info.device)
         say(f"resumed from step {step} (epoch {epoch}, {epoch_sample} samples into it)")
     del saved
-    model = DDP(raw_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                forward_sync_buffers=False, gradient_as_bucket_view=True) if info.world_size > 1 else raw_model
+    model = wrap_model(raw_model, cfg, info)
+    peak, peak_source = perf.peak_flops(info.device, precision, cfg.peak_tflops)
+    say(f"compile {'on' if use_compile(cfg, info) else 'off'}, {num_workers} data workers, peak "
+        f"{peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
     monitor = RunMonitor(cfg, enabled=info.is_main, run_id=run_id)
 
     last_saved_step = step if step > 0 else -1  # a resumed step is already on disk
@@ -265,7 +317,8 @@ def train(cfg: Config, info: DistInfo) -> None:
         if info.is_main:
             state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "step": step, "epoch": epoch, "epoch_sample": epoch_sample, "skipped_steps": skipped_steps,
+                     "step": step, "epoch": epoch, "epoch_sample": epoch_sample,
+                     "skipped_steps": int(skipped_steps.item()),
                      "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng,
                      "best_bleu": best_bleu, "best_step": best_step}
             path = checkpoint.save_checkpoint(cfg.model_folder, step, state, cfg.keep_last, best_step)
@@ -300,7 +353,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     stop = StopSignal()
     progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                     disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    window = Window.new(info.device)
     stopping = False  # agreed by all ranks, step by step
     while step < total_steps and epoch < cfg.num_epochs and not stopping:
         sampler.set_epoch(epoch, epoch_sample)
@@ -309,34 +362,30 @@ def train(cfg: Config, info: DistInfo) -> None:
             micro_batches = [next(batches) for _ in range(min(cfg.grad_accum_steps, remaining))]
             remaining -= len(micro_batches)
             result = train_step(model, raw_model, optimizer, scaler, micro_batches, cfg, info, autocast)
-            if result.skipped:
-                skipped_steps += 1  # every rank took the same decision from the same all-reduced numbers
-                say(f"step {step + 1}: non-finite loss or gradient, step skipped ({skipped_steps} so far)")
             scheduler.step()
             step += 1
             epoch_sample = sampler.position_after(len(sampler) - remaining)
-            window_loss += result.loss_sum
-            window_tokens += result.tokens
+            skipped_steps += result.skipped
+            window.loss_sum += result.loss_sum
+            window.tokens += result.tokens
+            for batch in micro_batches:  # CPU tensors: counted without waiting for the device
+                shape = perf.StepShape.of_padded(batch["src"], batch["tgt_out"], data.PAD_ID)
+                window.real_tokens += shape.src_tokens + shape.tgt_tokens
+                window.padded_positions += batch["src"].numel() + batch["tgt_out"].numel()
+                window.flops += perf.training_flops(shape, cfg.d_model, cfg.d_ff, cfg.num_layers,
+                                                   model_cfg.tgt_vocab_size)
+            window.steps += 1
             progress.update(1)
 
             if step % cfg.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                           "train/grad_norm": result.grad_norm, "train/tokens_per_s": window_tokens / elapsed,
-                           "train/epoch": epoch, "train/skipped_steps": skipped_steps,
-                           "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
-                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-                say(f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
-                    f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tgt tok/s | "
-                    f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
-                monitor.log(step, metrics)
-                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                log_window(window, result, step, epoch, skipped_steps, scheduler, peak, info, monitor, progress, say)
+                window = Window.new(info.device)
             if step % cfg.eval_every == 0:
                 run_evaluation()
             if step % cfg.save_every == 0:
                 save()
             # A signal may reach one rank only: every rank stops after this same step.
-            stopping = dist_max([float(stop.received is not None)], info.device)[0] > 0
+            stopping = any_rank(stop.received is not None)
             if stopping:
                 break
         if remaining == 0:  # the epoch ran to its end (not stopped by --max_steps)
@@ -351,8 +400,67 @@ def train(cfg: Config, info: DistInfo) -> None:
     elif last_eval_step != step:
         run_evaluation()
     save()
+    if not stopping:
+        if cfg.average_last >= 2:
+            averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))
+            say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
+                "averaging skipped: fewer than two checkpoints were saved")
+        score_test_split(raw_model, best_step, corpus["test"], src_tok, tgt_tok, cfg, info, autocast, monitor, say)
     monitor.close()
-    say(f"done: {step} steps, {skipped_steps} skipped")
+    say(f"done: {step} steps, {int(skipped_steps.item())} skipped")
+
+
+def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_tok, cfg: Config, info: DistInfo,
+                     autocast, monitor: RunMonitor, say) -> None:
+    """Collective, once at the end: the test split translated by the best checkpoint (by validation BLEU) with beam
+    search, scored with sacreBLEU, printed and logged (metrics.jsonl, W&B summary)."""
+    test_set = data.tokenize_pairs(test_pairs, src_tok, tgt_tok, cfg.seq_len)
+    if len(test_set.dataset) == 0:
+        say("no test split to score (--test_size 0, or no pair fits --seq_len)")
+        return
+    path = checkpoint.checkpoint_path(cfg.model_folder, best_step) if best_step is not None else None
+    best = run_on_main(lambda: checkpoint.load_checkpoint(path) if path and os.path.exists(path) else None)
+    if best is not None:
+        raw_model.load_state_dict(best["model"])
+    which = f"best checkpoint, step {best_step}" if best is not None else "final weights (no best checkpoint saved)"
+    result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, tgt_tok, info, cfg.batch_size,
+                      len(test_set.dataset), autocast, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
+    if info.is_main:
+        say(f"test ({which}, beam {cfg.beam_size}, length penalty {cfg.length_penalty}): BLEU {result.bleu:.2f} | "
+            f"chrF {result.chrf:.2f} | loss {result.loss:.4f} | {len(test_set.dataset)} sentences "
+            f"({test_set.dropped_too_long} longer than --seq_len left out) | {result.bleu_signature}")
+        scores = {"test/bleu": result.bleu, "test/chrf": result.chrf, "test/loss": result.loss,
+                  "test/checkpoint_step": best_step if best is not None else -1}
+        monitor.log_summary(scores)
+
+
+def log_window(window: Window, last: StepResult, step: int, epoch: int, skipped_steps: torch.Tensor, scheduler,
+               peak: float, info: DistInfo, monitor: RunMonitor, progress, say) -> None:
+    """Collective. One metrics line: loss, tokens/s, padding efficiency, step time, MFU and peak memory. Reading
+    the device tensors here is the only host-device sync of the loop."""
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    elapsed = time.perf_counter() - window.start
+    loss_sum, real, padded, flops = dist_sum([window.loss_sum.item(), window.real_tokens, window.padded_positions,
+                                              window.flops], info.device)
+    tokens = window.tokens.item()
+    metrics = {"train/loss": loss_sum / max(tokens, 1), "train/lr": scheduler.get_last_lr()[0],
+               "train/grad_norm": last.grad_norm.item(), "train/tokens_per_s": real / elapsed,
+               "train/tokens_per_s_per_device": real / elapsed / info.world_size,
+               "train/padding_efficiency": real / max(padded, 1), "train/step_ms": 1000 * elapsed / window.steps,
+               "train/mfu": flops / elapsed / (peak * info.world_size) if peak else 0.0,
+               "train/epoch": epoch, "train/skipped_steps": int(skipped_steps.item()),
+               "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
+    progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+    mfu = f"{metrics['train/mfu']:.1%}" if peak else "n/a (--peak_tflops)"
+    say(f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
+        f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tok/s "
+        f"({metrics['train/tokens_per_s_per_device']:.0f} per device) | padding eff "
+        f"{metrics['train/padding_efficiency']:.0%} | {metrics['train/step_ms']:.0f} ms/step | MFU {mfu} | "
+        f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
+    if metrics["train/skipped_steps"]:
+        say(f"  {metrics['train/skipped_steps']} steps skipped so far for a non-finite loss or gradient")
+    monitor.log(step, metrics)
 
 
 @record

@@ -68,9 +68,11 @@ def child_env(extra: dict | None = None) -> dict:
     return {**env, **OFFLINE_ENV, **(extra or {})}
 
 
-def launch(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def launch(args: list[str], env: dict | None = None, timeout: float = 240,
+           stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run a command from the repository root with the offline environment; output captured as text."""
-    return subprocess.run(args, cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout,
+                          input=stdin)
 
 
 def torchrun(nproc: int, train_args: list[str], extra: list[str] | None = None, **kwargs):

@@ -26,6 +26,9 @@ def test_types_booleans_and_optional_ints():
     cfg = parse_config(["--no-tie_embeddings", "--max_steps", "7", "--dropout", "0.3"])
     assert cfg.tie_embeddings is False and cfg.max_steps == 7 and cfg.dropout == 0.3
     assert parse_config(["--max_steps", "none"]).max_steps is None
+    assert parse_config(["--compile"]).compile is True and parse_config(["--no-compile"]).compile is False
+    assert parse_config([]).compile is None  # auto: on with CUDA, off on CPU
+    assert parse_config(["--peak_tflops", "989.5"]).peak_tflops == 989.5
     assert parse_config([]) == Config()
 
 
@@ -46,6 +49,9 @@ def test_unknown_choice_is_rejected_by_argparse(capsys):
     (["--max_steps", "0"], "--max_steps"),
     (["--vocab_size", "10"], "--vocab_size"),
     (["--dataset_config", "en-it"], "--dataset_config"),
+    (["--max_tokens", "100", "--seq_len", "128"], "--max_tokens"),
+    (["--num_workers", "-1"], "--num_workers"),
+    (["--peak_tflops", "0"], "--peak_tflops"),
 ])
 def test_invalid_values_name_the_flag(args, flag):
     with pytest.raises(UserError) as e:

@@ -180,3 +180,50 @@ def test_hub_corpus_goes_through_load_dataset_with_its_config(monkeypatch):
                                             "--valid_size", "3", "--test_size", "3"]))
     assert calls == [("Helsinki-NLP/opus_books", "en-it")]
     assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (24, 3, 3)
+
+
+def token_budget_shards(lengths, max_tokens, world, epoch=0, start=0):
+    samplers = [data.DistributedBatchSampler(len(lengths), 1, rank, world, 0, lengths=lengths, max_tokens=max_tokens)
+                for rank in range(world)]
+    for sampler in samplers:
+        sampler.set_epoch(epoch, start)
+    return samplers, [list(sampler) for sampler in samplers]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_token_budget_batches_fit_the_budget_are_disjoint_and_equal_in_number(world):
+    lengths = torch.randint(3, 60, (3000,), generator=torch.Generator().manual_seed(1))
+    samplers, shards = token_budget_shards(lengths, max_tokens=400, world=world)
+    assert len({len(shard) for shard in shards}) == 1 and all(len(s) == len(shards[0]) for s in samplers)
+    # Every rank computes the same global batches, and takes its own share of each.
+    assert all(s.global_batches() == samplers[0].global_batches() for s in samplers)
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen)) and len(seen) > 0.97 * len(lengths)
+    padded = [len(b) * int(lengths[b].max()) for shard in shards for b in shard]
+    assert max(padded) <= 400 and sum(padded) / len(padded) > 0.85 * 400  # full, but never over budget
+    real = sum(int(lengths[b].sum()) for shard in shards for b in shard)
+    assert real / sum(padded) > 0.9  # length grouping: little padding
+
+
+def test_token_budget_batches_depend_on_epoch_and_seed_only_and_resume_exactly():
+    lengths = torch.randint(3, 60, (1000,), generator=torch.Generator().manual_seed(2))
+    _, two = token_budget_shards(lengths, 300, world=2, epoch=1)
+    assert two == token_budget_shards(lengths, 300, world=2, epoch=1)[1]
+    assert two != token_budget_shards(lengths, 300, world=2, epoch=2)[1]
+    # The per-rank cuts do not depend on the world size: two ranks take them in pairs, one rank in turn.
+    _, (one,) = token_budget_shards(lengths, 300, world=1, epoch=1)
+    assert [b for pair in zip(*two) for b in pair] == one[:2 * len(two[0])]
+    # Resume after 7 steps of two ranks, on two ranks or on one: the same batches follow.
+    samplers, _ = token_budget_shards(lengths, 300, world=2, epoch=1)
+    position = samplers[0].position_after(7)
+    assert position == sum(len(b) for shard in two for b in shard[:7])
+    _, resumed = token_budget_shards(lengths, 300, world=2, epoch=1, start=position)
+    assert resumed == [shard[7:] for shard in two]
+    _, (resumed_alone,) = token_budget_shards(lengths, 300, world=1, epoch=1, start=position)
+    assert resumed_alone[:len(one) - 14] == one[14:]
+
+
+def test_a_sentence_longer_than_the_budget_gets_a_batch_of_its_own():
+    lengths = torch.tensor([5, 5, 50, 5, 5])
+    _, (shard,) = token_budget_shards(lengths, 20, world=1)
+    assert [sorted(b) for b in shard] == [[0, 1, 3, 4], [2]]  # sorted by length within the window

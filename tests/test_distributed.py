@@ -1,5 +1,6 @@
 """DDP correctness on CPU with gloo: the real init_distributed and train_step, two processes against one."""
 
+import dataclasses
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from config import parse_config
 from conftest import free_port
 from distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from model import ModelConfig, Transformer
-from train import make_autocast, train_step
+from train import make_autocast, train_step, wrap_model
 
 STEPS, GLOBAL_BATCH = 3, 8
 CFG = parse_config(["--dropout", "0", "--lr", "0.003", "--grad_clip", "0.5"])
@@ -45,15 +46,16 @@ def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None
                                   d_ff=64, dropout=0.0, max_len=32))
     if poison_rank == info.rank:  # this rank alone produces a NaN loss
         raw.register_forward_hook(lambda module, inputs, output: output * float("nan"))
-    model = torch.nn.parallel.DistributedDataParallel(raw) if info.world_size > 1 else raw
+    # The trainer's own wrapping: DDP, with a static graph when there is no gradient accumulation.
+    model = wrap_model(raw, dataclasses.replace(CFG, grad_accum_steps=accum), info)
     # SGD keeps the comparison linear in the gradients: Adam would blow float noise on zero-gradient parameters
     # (the key bias, to which softmax is invariant) up to full-size updates.
-    optimizer = torch.optim.SGD(raw.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(raw.parameters(), lr=0.5, fused=True)  # fused: it skips a step on the device
     skipped = []
     for examples in global_batches():
         batches = micro_batches(examples, info.rank, info.world_size, accum)
         result = train_step(model, raw, optimizer, None, batches, CFG, info, make_autocast("fp32", info.device))
-        skipped.append(result.skipped)
+        skipped.append(bool(result.skipped))
     return {k: v.detach().clone() for k, v in raw.state_dict().items()}, skipped
 
 

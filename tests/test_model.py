@@ -2,7 +2,7 @@ import torch
 
 from model import ModelConfig, Transformer
 
-PAD = 0
+PAD, BOS, EOS = 0, 2, 3
 
 
 def tiny_model(dropout=0.0, **overrides) -> Transformer:
@@ -97,3 +97,22 @@ def test_greedy_decoding_stops_when_all_finished_and_pads_after_eos():
     model.decode = scripted_decode
     out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=10)
     assert out.tolist() == [[PAD, PAD, PAD], [5, 5, PAD]]
+
+
+def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_outputs():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(30, 30, d_model=32, num_heads=2, num_layers=1, d_ff=64, dropout=0.0,
+                                    max_len=64)).eval()
+    eos_bias = torch.zeros(30)
+    eos_bias[EOS] = 2.5  # an untrained model that ends sentences often, at different lengths
+    model.output.register_forward_hook(lambda module, inputs, output: output + eos_bias)
+    src = torch.randint(4, 30, (16, 6))
+    src[3, 4:] = PAD
+    assert torch.equal(model.beam_search(src, BOS, EOS, 30, beam_size=1), model.greedy_decode(src, BOS, EOS, 30))
+
+    def mean_length(length_penalty):
+        out = model.beam_search(src, BOS, EOS, 30, beam_size=5, length_penalty=length_penalty)
+        return (out != PAD).sum(dim=1).float().mean().item()
+
+    # Raw log-probability sums (penalty 0) prefer ending at once; dividing by length ** penalty undoes that.
+    assert mean_length(0.0) < mean_length(1.0) <= mean_length(3.0)

@@ -108,6 +108,32 @@ def test_single_process_python_run_and_preload_choices(tmp_path, toy_corpus, cap
     assert code == 2 and "--preload 3: no complete checkpoint of that step" in err and "steps there: 4, 6" in err
 
 
+def test_token_budget_run_logs_throughput_padding_and_mfu(tmp_path, toy_corpus, capsys):
+    folder = tmp_path / "w"
+    code, out, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size",
+                                     "20", "--model_folder", str(folder), "--max_tokens", "300", "--max_steps", "4",
+                                     "--peak_tflops", "0.5"], capsys)
+    assert code == 0, err
+    assert "peak 0.50 TFLOP/s per device (--peak_tflops)" in out and "compile off" in out
+    logged = [m for m in metrics(folder) if "train/loss" in m]
+    assert [m["step"] for m in logged] == [2, 4]
+    for m in logged:
+        assert m["train/tokens_per_s"] > 0 and 0 < m["train/mfu"] < 1 and m["train/step_ms"] > 0
+        assert 0.8 < m["train/padding_efficiency"] <= 1.0  # length-grouped token-budget batches: little padding
+    assert "padding eff" in out and "MFU" in out and "ms/step" in out
+
+
+def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_path, toy_corpus, capsys):
+    base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
+            str(tmp_path / "w"), "--save_every", "2"]
+    code, out, err = run_in_process([*base, "--compile", "--max_steps", "2"], capsys)
+    assert code == 0 and "compile on" in out, err[-3000:]
+    saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path / "w"))[-1][1])
+    assert not [k for k in saved["model"] if "_orig_mod" in k]  # saved from the module, not its compiled wrapper
+    code, out, err = run_in_process([*base, "--no-compile", "--max_steps", "4"], capsys)
+    assert code == 0 and "resumed from step 2" in out and "compile off" in out, err[-3000:]
+
+
 def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corpus, capsys):
     base = ["--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
             str(tmp_path / "w"), "--max_steps", "2", "--save_every", "2"]
@@ -218,7 +244,7 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
 
     model = Transformer(ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, num_heads=2, num_layers=1,
                                     d_ff=32))
-    decay, no_decay = train.build_optimizer(model, train.parse_config([]), torch.device("cpu")).param_groups
+    decay, no_decay = train.build_optimizer(model, train.parse_config([])).param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert any(p is model.encoder_layers[0].ff.up.weight for p in decay["params"])
     for p in (model.src_embed.weight, model.encoder_norm.weight, model.encoder_layers[0].ff.up.bias):

@@ -1,0 +1,189 @@
+"""Translate with a trained model folder, score it on a test set, or average its last checkpoints.
+
+    python translate.py --model_folder weights "The cat sees the dog."        # sentences as arguments
+    echo "The cat sees the dog." | python translate.py --model_folder weights  # or one per line on stdin
+    python translate.py --model_folder weights --input in.en --output out.it
+    python translate.py --model_folder weights --evaluate                      # the training corpus's test split
+    python translate.py --model_folder weights --evaluate --source test.en --reference test.it --output hyp.it
+    python translate.py --model_folder weights --average_last 5                # writes averaged_<a>-<b>.pt
+
+The folder is what train.py leaves: checkpoints and the two tokenizers. The best checkpoint by validation BLEU is
+used unless --checkpoint says otherwise. Runs on the GPU when there is one, else on the CPU.
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+
+import torch
+
+import checkpoint
+import dataset as data
+from config import Config, UserError
+from evaluation import corpus_scores, decode_tokens
+from model import Transformer
+from train import model_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Translate with a model folder written by train.py.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("sentences", nargs="*", help="sentences to translate (default: lines of --input or stdin)")
+    parser.add_argument("--model_folder", required=True, help="the --model_folder of a training run")
+    parser.add_argument("--checkpoint", default="best",
+                        help="'best' (by validation BLEU), 'latest', a step number or a checkpoint path")
+    parser.add_argument("--input", help="read sentences from this file, one per line")
+    parser.add_argument("--output", help="write translations (or, with --evaluate, hypotheses) to this file")
+    parser.add_argument("--beam_size", type=int, default=4, help="1 = greedy decoding")
+    parser.add_argument("--length_penalty", type=float, default=1.0,
+                        help="hypotheses are ranked by log-probability / length ** this")
+    parser.add_argument("--batch_size", type=int, default=64, help="sentences decoded together")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="score BLEU and chrF (sacreBLEU) on the test split, or on --source/--reference")
+    parser.add_argument("--source", help="with --evaluate: source sentences, one per line")
+    parser.add_argument("--reference", help="with --evaluate: reference translations, one per line")
+    parser.add_argument("--average_last", type=int, default=0,
+                        help="average the last N checkpoints of the folder into a new file, then stop")
+    return parser
+
+
+def choose_checkpoint(folder: str, choice: str) -> str:
+    found = checkpoint.list_checkpoints(folder)
+    if choice.isdigit():
+        path = checkpoint.checkpoint_path(folder, int(choice))
+        if (int(choice), path) not in found:
+            steps = ", ".join(str(s) for s, _ in found) or "none"
+            raise UserError(f"--checkpoint {choice}: no complete checkpoint of that step in {folder} (steps: {steps})")
+        return path
+    if choice not in ("best", "latest"):
+        if not os.path.isfile(choice):
+            raise UserError(f"--checkpoint {choice!r}: no such file; use 'best', 'latest', a step or a path")
+        return choice
+    if not found:
+        raise UserError(f"--model_folder {folder}: no complete checkpoint there; train first, or check the path")
+    if choice == "best":
+        best_step = checkpoint.load_checkpoint(found[-1][1]).get("best_step")
+        best = checkpoint.checkpoint_path(folder, best_step) if best_step is not None else None
+        if best and (best_step, best) in found:
+            return best
+    return found[-1][1]
+
+
+class Translator:
+    """A trained model and its tokenizers, loaded from a model folder and checked against each other."""
+
+    def __init__(self, folder: str, choice: str, device: torch.device):
+        if not os.path.isdir(folder):
+            raise UserError(f"--model_folder {folder}: no such folder")
+        self.path = choose_checkpoint(folder, choice)
+        state = checkpoint.load_checkpoint(self.path)
+        self.config = Config(**{k: v for k, v in state["config"].items() if k in Config.__dataclass_fields__})
+        tokenizers = []
+        for side, lang in (("src", self.config.lang_src), ("tgt", self.config.lang_tgt)):
+            path = data.tokenizer_path(folder, lang)
+            if not os.path.exists(path):
+                raise UserError(f"--model_folder {folder}: {os.path.basename(path)} is missing; the tokenizers of "
+                                f"the run must sit beside its checkpoints")
+            text = open(path, encoding="utf-8").read()
+            if hashlib.sha256(text.encode()).hexdigest() != state["tokenizers"][side]:
+                raise UserError(f"{path} is not the tokenizer {os.path.basename(self.path)} was trained with")
+            tokenizers.append(data.tokenizer_from_json(text))
+        self.src_tok, self.tgt_tok = tokenizers
+        self.model = Transformer(model_config(self.config, self.src_tok.get_vocab_size(),
+                                              self.tgt_tok.get_vocab_size(), dropout=0.0))
+        self.model.load_state_dict(state["model"])
+        self.model.to(device).eval()
+        self.device = device
+        self.step = state["step"]
+
+    @torch.no_grad()
+    def translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
+        """Translations in input order; batches of similar length; sources longer than the model's positions are
+        cut (with a warning)."""
+        limit = self.config.seq_len - 1  # room for EOS
+        encoded = [e.ids for e in self.src_tok.encode_batch(sentences, add_special_tokens=False)]
+        cut = sum(len(ids) > limit for ids in encoded)
+        if cut:
+            print(f"WARNING: {cut} sentences longer than {limit} tokens were cut to fit the model", file=sys.stderr)
+        sources = [torch.tensor(ids[:limit] + [data.EOS_ID]) for ids in encoded]
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        out = [""] * len(sources)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
+                                                  padding_value=data.PAD_ID).to(self.device)
+            tokens = decode_tokens(self.model, src, beam_size, length_penalty)
+            for i, text in zip(chunk, self.tgt_tok.decode_batch(tokens.tolist(), skip_special_tokens=True)):
+                out[i] = text.strip()
+        return out
+
+
+def read_lines(path: str | None) -> list[str]:
+    if path is None:
+        return [line.rstrip("\n") for line in sys.stdin]
+    if not os.path.isfile(path):
+        raise UserError(f"no such file: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def write_lines(path: str | None, lines: list[str]) -> None:
+    if path is None:
+        print("\n".join(lines))
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+
+
+def evaluation_pairs(args, translator: Translator) -> tuple[list[str], list[str], str]:
+    if args.source or args.reference:
+        if not (args.source and args.reference):
+            raise UserError("--source and --reference go together")
+        sources, references = read_lines(args.source), read_lines(args.reference)
+        if len(sources) != len(references):
+            raise UserError(f"--source has {len(sources)} lines but --reference has {len(references)}")
+        return sources, references, args.source
+    test = data.load_corpus(translator.config)["test"]  # the same corpus and held-out split as in training
+    if not test:
+        raise UserError("the training corpus has no test split (--test_size 0): pass --source and --reference")
+    return [s for s, _ in test], [t for _, t in test], "the test split"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.beam_size < 1 or args.batch_size < 1:
+            raise UserError("--beam_size and --batch_size must be at least 1")
+        if args.average_last:
+            if args.average_last < 2:
+                raise UserError(f"--average_last: average at least 2 checkpoints, got {args.average_last}")
+            path = checkpoint.write_average_of_last(args.model_folder, args.average_last)
+            if path is None:
+                raise UserError(f"--average_last: {args.model_folder} holds fewer than two complete checkpoints")
+            print(f"averaged steps {checkpoint.load_checkpoint(path)['averaged_from']} into {path}")
+            return
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+            else torch.device(args.device)
+        translator = Translator(args.model_folder, args.checkpoint, device)
+        print(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}", file=sys.stderr)
+        if args.evaluate:
+            sources, references, what = evaluation_pairs(args, translator)
+            hypotheses = translator.translate(sources, args.beam_size, args.length_penalty, args.batch_size)
+            bleu, chrf, bleu_signature, chrf_signature = corpus_scores(hypotheses, references)
+            print(f"{what}: {len(sources)} sentences | BLEU {bleu:.2f} | chrF {chrf:.2f} | BLEU signature "
+                  f"{bleu_signature} | chrF signature {chrf_signature}")
+            if args.output:
+                write_lines(args.output, hypotheses)
+            return
+        sentences = args.sentences or read_lines(args.input)
+        write_lines(args.output, translator.translate(sentences, args.beam_size, args.length_penalty,
+                                                      args.batch_size))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
