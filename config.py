@@ -31,6 +31,8 @@ class Config:
     lang_tgt: str = _setting("it", "target language key in each example's 'translation' dict")
     seq_len: int = _setting(128, "maximum tokens per sentence (with BOS/EOS); longer pairs are dropped up front")
     vocab_size: int = _setting(8000, "subword vocabulary size of each tokenizer (BPE stops earlier on small corpora)")
+    share_vocab: bool = _setting(False, "one joint tokenizer for both languages, and one embedding shared by the "
+                                        "encoder, the decoder and (with --tie_embeddings) the output layer")
     valid_size: int = _setting(500, "pairs held out for validation when the corpus has no validation split")
     test_size: int = _setting(500, "pairs held out for testing when the corpus has no test split")
 

@@ -143,20 +143,31 @@ def write_atomically(path: str, text: str) -> None:
 
 def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
     """Rank 0 only: the source and target tokenizers as JSON, read from the model folder if there (a restart),
-    else trained on the training split. Nothing is written here: see `save_tokenizers`."""
+    else trained on the training split; with --share_vocab, one tokenizer trained on both sides, saved under both
+    names. Nothing is written here: see `save_tokenizers`."""
     from tokenizers import Tokenizer
 
+    paths = [tokenizer_path(cfg.model_folder, lang) for lang in (cfg.lang_src, cfg.lang_tgt)]
     out = []
-    for side, lang in ((0, cfg.lang_src), (1, cfg.lang_tgt)):
-        path = tokenizer_path(cfg.model_folder, lang)
+    for side, path in enumerate(paths):
         if os.path.exists(path):
-            tokenizer = Tokenizer.from_file(path)
+            try:
+                tokenizer = Tokenizer.from_file(path)
+            except Exception as e:  # the tokenizers library raises a bare Exception for a damaged file
+                raise UserError(f"{path} cannot be read ({e}): delete it or use another --model_folder") from None
             if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
                 raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
                                 f"another --model_folder")
+        elif cfg.share_vocab:
+            tokenizer = train_tokenizer([sentence for pair in train for sentence in pair], cfg.vocab_size)
         else:
             tokenizer = train_tokenizer([pair[side] for pair in train], cfg.vocab_size)
         out.append(tokenizer.to_str())
+        if cfg.share_vocab and not any(os.path.exists(p) for p in paths):
+            return out[0], out[0]
+    if cfg.share_vocab and out[0] != out[1]:
+        raise UserError(f"--share_vocab: {cfg.model_folder} holds two different tokenizers; drop --share_vocab or "
+                        f"use another --model_folder")
     return out[0], out[1]
 
 

@@ -169,8 +169,8 @@ def raise_if_any_failed(error: str | None) -> None:
             raise UserError(message if len(errors) == 1 else f"{message} (on rank {rank})")
 
 
-def run_on_main(fn):
-    """Run `fn` on rank 0 only and hand its result to every rank; a UserError raised there is raised on all ranks."""
+def _on_main_first(fn):
+    """`fn()` on rank 0 (None elsewhere); a UserError raised there is raised on every rank."""
     result, error = None, None
     if not is_distributed() or dist.get_rank() == 0:
         try:
@@ -180,21 +180,18 @@ def run_on_main(fn):
     error = broadcast_from_main(error)
     if error is not None:
         raise UserError(error)
-    return broadcast_from_main(result)
+    return result
+
+
+def run_on_main(fn):
+    """Run `fn` on rank 0 only and hand its result to every rank; a UserError raised there is raised on all ranks."""
+    return broadcast_from_main(_on_main_first(fn))
 
 
 def main_first(fn):
     """Run `fn` on rank 0, then on every other rank (so a download lands in the cache once); a UserError on any rank
     is raised on all of them."""
-    result, error = None, None
-    if not is_distributed() or dist.get_rank() == 0:
-        try:
-            result = fn()
-        except UserError as e:
-            error = str(e)
-    error = broadcast_from_main(error)
-    if error is not None:
-        raise UserError(error)
+    result, error = _on_main_first(fn), None
     if is_distributed() and dist.get_rank() != 0:
         try:
             result = fn()

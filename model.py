@@ -24,6 +24,7 @@ class ModelConfig:
     max_len: int = 128
     pad_id: int = 0
     tie_embeddings: bool = True
+    share_embeddings: bool = False  # one vocabulary for both languages: the encoder uses the decoder's embedding
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
@@ -124,8 +125,13 @@ class Transformer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.config = c
-        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model)
+        if c.share_embeddings:
+            if c.src_vocab_size != c.tgt_vocab_size:
+                raise ValueError("shared embeddings need one vocabulary size for both languages")
+            self.src_embed = self.tgt_embed
+        else:
+            self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
         self.register_buffer("positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
         self.embed_dropout = nn.Dropout(c.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))

@@ -39,14 +39,15 @@ from model import ModelConfig, Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
 
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
-ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings")
+ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
+                         "share_vocab")
 
 
 def model_config(cfg: Config, src_vocab_size: int, tgt_vocab_size: int, dropout: float | None = None) -> ModelConfig:
     return ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=cfg.d_model,
                        num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
                        dropout=cfg.dropout if dropout is None else dropout, max_len=cfg.seq_len, pad_id=data.PAD_ID,
-                       tie_embeddings=cfg.tie_embeddings)
+                       tie_embeddings=cfg.tie_embeddings, share_embeddings=cfg.share_vocab)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -158,6 +158,32 @@ def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp
     assert "the src tokenizer" not in err and checkpoint_steps(folder) == [2]
 
 
+def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_corpus, capsys):
+    folder = tmp_path / "w"
+    base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
+            str(folder), "--max_steps", "2", "--save_every", "2"]
+    code, out, err = run_in_process([*base, "--share_vocab"], capsys)
+    assert code == 0, err
+    assert (folder / "tokenizer_en.json").read_text() == (folder / "tokenizer_it.json").read_text()
+    joint = data.tokenizer_from_json((folder / "tokenizer_en.json").read_text())
+    assert joint.token_to_id("Il") is not None and joint.token_to_id("The") is not None  # both languages
+    saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
+    assert torch.equal(saved["model"]["src_embed.weight"], saved["model"]["tgt_embed.weight"])
+    code, _, err = run_in_process(base, capsys)  # the same folder without the flag: another architecture
+    assert code == 2 and "--share_vocab True (checkpoint) vs False (now)" in err
+    code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2"), "--max_steps",
+                                   "2"], capsys)
+    assert code == 0
+    other = data.train_tokenizer([t for _, t in toy_pairs(50, seed=1)], 300)
+    (tmp_path / "w2" / "tokenizer_it.json").write_text(other.to_str())
+    code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2"), "--max_steps",
+                                   "4"], capsys)
+    assert code == 2 and "holds two different tokenizers" in err
+    (tmp_path / "w2" / "tokenizer_it.json").write_text(other.to_str()[:100])  # cut short by a crash of another tool
+    code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2")], capsys)
+    assert code == 2 and "tokenizer_it.json cannot be read" in err and "Traceback" not in err
+
+
 def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
     class RunsCode:
         def __reduce__(self):
