@@ -180,13 +180,15 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
                autocast) -> StepResult:
     """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches.
     No host-device sync: the optimizer skips a non-finite step on the device (fused AdamW's found_inf)."""
-    # Normalise by the global count of target tokens, so every token weighs the same whatever the split.
-    local_tokens = sum(int((b["tgt_out"] != data.PAD_ID).sum()) for b in micro_batches)  # CPU tensors: no sync
-    global_tokens = all_reduce_sum_(torch.tensor(float(local_tokens), device=info.device))
+    batches = [{k: b[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out")}
+               for b in micro_batches]
+    # Normalise by the global count of target tokens, so every token weighs the same whatever the split. Counted on
+    # the device: a tensor made from a host number would be copied synchronously, waiting for the GPU's queue.
+    global_tokens = all_reduce_sum_(sum((b["tgt_out"] != data.PAD_ID).sum() for b in batches).float())
     loss_sum = torch.zeros((), device=info.device)
-    for i, batch in enumerate(micro_batches):
-        src, tgt_in, tgt_out = (batch[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
-        sync = i == len(micro_batches) - 1  # all-reduce gradients on the last micro-step only
+    for i, batch in enumerate(batches):
+        src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
+        sync = i == len(batches) - 1  # all-reduce gradients on the last micro-step only
         with contextlib.nullcontext() if sync or not isinstance(model, DDP) else model.no_sync():
             with autocast():
                 logits = model(src, tgt_in)
