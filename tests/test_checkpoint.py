@@ -1,9 +1,12 @@
 """The checkpoint commit protocol, recovery from damaged files, retries, pruning, and a folder lost mid-run."""
 
+import builtins
 import contextlib
+import errno
 import json
 import os
 import subprocess
+import unittest.mock
 
 import pytest
 import torch
@@ -83,18 +86,29 @@ def test_pruning_keeps_the_newest_and_the_best(tmp_path):
 
 @contextlib.contextmanager
 def read_only(folder):
-    """Root ignores permission bits, so as root the folder is made immutable instead."""
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(folder)], check=True)
-    else:
+    """Root ignores permission bits, so as root the folder is made immutable instead; where even that is not
+    permitted (a container without CAP_LINUX_IMMUTABLE), every write below the folder fails as on a read-only drive."""
+    if os.geteuid() != 0:
         os.chmod(folder, 0o555)
-    try:
-        yield
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        else:
+        try:
+            yield
+        finally:
             os.chmod(folder, 0o755)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        real_open = builtins.open
+
+        def refusing_open(file, mode="r", *args, **kwargs):
+            if str(file).startswith(str(folder)) and any(flag in mode for flag in "wax+"):
+                raise OSError(errno.EROFS, "Read-only file system", str(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        with unittest.mock.patch("builtins.open", refusing_open):
+            yield
 
 
 def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tmp_path, monkeypatch, capsys):
