@@ -5,6 +5,7 @@ corpus, on two gloo ranks; a checkpoint every 2 steps. The interrupted runs are 
 """
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -59,6 +60,24 @@ def worker_pid(agent: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} among {children}")
 
 
+def first_to_print(processes: list[subprocess.Popen], prefix: str) -> subprocess.Popen:
+    """The process whose output first has a line starting with `prefix`, read straight from the pipes as it comes."""
+    selector = selectors.DefaultSelector()
+    for process in processes:
+        selector.register(process.stdout.fileno(), selectors.EVENT_READ, [process, b""])
+    with selector:
+        while selector.get_map():
+            for key, _ in selector.select():
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                key.data[1] += chunk
+                if f"\n{prefix}".encode() in b"\n" + key.data[1]:
+                    return key.data[0]
+    raise AssertionError(f"no process printed {prefix!r}")
+
+
 def final_parameters(folder) -> dict:
     steps = checkpoint.list_checkpoints(str(folder))
     assert steps[-1][0] == STEPS, steps
@@ -104,6 +123,22 @@ def test_worker_killed_under_max_restarts_resumes_by_itself_bit_identical(tmp_pa
     code, out, err = finish(run)
     assert code == 0, err[-3000:]
     assert "resumed from step" in out
+    assert_bit_identical(final_parameters(tmp_path), reference)
+
+
+def test_two_agents_restart_together_after_a_worker_dies_and_end_bit_identical(tmp_path, corpus, reference):
+    """Two torchrun agents (c10d rendezvous) as on two nodes: one worker is killed, both agents start a new round,
+    and each new worker resumes by itself."""
+    port = free_port()
+    launcher = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=two-nodes",
+                "--max-restarts=2")
+    agents = [start(tmp_path, corpus, nproc=1, launcher=launcher) for _ in range(2)]
+    holder = first_to_print(agents, "step 7 |")  # the agent of global rank 0, which alone prints
+    other = agents[1 - agents.index(holder)]
+    os.kill(worker_pid(other, 1), signal.SIGKILL)
+    results = [finish(agent) for agent in agents]
+    assert all(code == 0 for code, _, _ in results), results[0][2][-3000:] + results[1][2][-3000:]
+    assert "resumed from step" in "".join(out for _, out, _ in results)
     assert_bit_identical(final_parameters(tmp_path), reference)
 
 
