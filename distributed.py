@@ -170,16 +170,22 @@ def raise_if_any_failed(error: str | None) -> None:
 
 
 def _on_main_first(fn):
-    """`fn()` on rank 0 (None elsewhere); a UserError raised there is raised on every rank."""
-    result, error = None, None
+    """`fn()` on rank 0 (None elsewhere). Whatever it raises there is raised on every rank, so no rank is left
+    waiting alone in the next collective: a UserError as itself, anything else as a RuntimeError naming it."""
+    result, failure, error = None, None, None
     if not is_distributed() or dist.get_rank() == 0:
         try:
             result = fn()
         except UserError as e:
-            error = str(e)
+            error = ("user", str(e))
+        except Exception as e:
+            failure, error = e, ("crash", f"{type(e).__name__}: {e}")
     error = broadcast_from_main(error)
+    if failure is not None:
+        raise failure  # rank 0 keeps its own traceback
     if error is not None:
-        raise UserError(error)
+        kind, message = error
+        raise UserError(message) if kind == "user" else RuntimeError(f"global rank 0 failed: {message}")
     return result
 
 

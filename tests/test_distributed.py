@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import dataset as data
 from config import parse_config
 from conftest import free_port
-from distributed import DistInfo, barrier, destroy_distributed, init_distributed
+from distributed import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
 from model import ModelConfig, Transformer
 from train import make_autocast, train_step, wrap_model
 
@@ -170,3 +170,25 @@ def test_each_torchrun_round_gets_a_store_free_of_the_keys_of_dead_rounds(monkey
     stores[0].set("from rank 0", "fresh")
     assert stores[1].get("from rank 0") == b"fresh"
     assert not stores[1].check(["rank_1_address"])  # the dead round's keys are not in this round's store
+
+
+def _crash_on_main_worker(rank: int, port: int, out_dir: str):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    init_distributed(timeout_s=60.0)
+    try:
+        try:
+            run_on_main(lambda: 1 / 0)  # a bug or a damaged file in rank 0's part
+            outcome = "returned"
+        except Exception as e:
+            outcome = f"{type(e).__name__}: {e}"
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+            f.write(outcome)
+    finally:
+        destroy_distributed()
+
+
+def test_a_crash_in_rank_0s_part_stops_every_rank_instead_of_leaving_them_waiting(tmp_path):
+    mp.start_processes(_crash_on_main_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert (tmp_path / "rank0.txt").read_text().startswith("ZeroDivisionError")
+    assert (tmp_path / "rank1.txt").read_text().startswith("RuntimeError: global rank 0 failed: ZeroDivisionError")
