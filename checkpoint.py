@@ -259,10 +259,19 @@ def write_average_of_last(folder: str, n: int) -> str | None:
         if os.path.exists(path):
             os.remove(path)
         _write_new_file(path, lambda f: torch.save(state, f))
-    except OSError as e:
+    except Exception as e:  # a failed write or a damaged checkpoint: the run's own checkpoints stay as they are
         warn(f"could not write the average of {[s for s, _ in found]} to {path}: {e}")
         return None
     return path
+
+
+def load_model_weights(path: str) -> dict | None:
+    """The model parameters of the checkpoint at `path`; None, with a warning, when it is gone or fails to load."""
+    try:
+        return load_checkpoint(path)["model"]
+    except Exception as e:
+        warn(f"cannot use {path}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        return None
 
 
 def newest_step(folder: str) -> int:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import resource
 import signal
@@ -422,9 +421,9 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
         say("no test split to score (--test_size 0, or no pair fits --seq_len)")
         return
     path = checkpoint.checkpoint_path(cfg.model_folder, best_step) if best_step is not None else None
-    best = run_on_main(lambda: checkpoint.load_checkpoint(path) if path and os.path.exists(path) else None)
+    best = run_on_main(lambda: checkpoint.load_model_weights(path) if path else None)  # only the weights travel
     if best is not None:
-        raw_model.load_state_dict(best["model"])
+        raw_model.load_state_dict(best)
     which = f"best checkpoint, step {best_step}" if best is not None else "final weights (no best checkpoint saved)"
     result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, tgt_tok, info, cfg.batch_size,
                       len(test_set.dataset), autocast, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
