@@ -81,7 +81,7 @@ class Config:
     save_every: int = _setting(1000, "save a checkpoint every N optimizer steps (and at the end of training)")
     keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2), plus the best by BLEU")
     average_last: int = _setting(0, "at the end of training, average the parameters of the last N checkpoints "
-                                    "(at most --keep_last) into averaged.pt; 0 or 1: no averaging")
+                                    "(at most --keep_last) into averaged_<first>-<last>.pt; 0 or 1: none")
     dist_timeout: float = _setting(1800.0, "seconds a collective may wait for the other ranks before failing")
 
     # logging

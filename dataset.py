@@ -148,6 +148,9 @@ def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
     from tokenizers import Tokenizer
 
     paths = [tokenizer_path(cfg.model_folder, lang) for lang in (cfg.lang_src, cfg.lang_tgt)]
+    if cfg.share_vocab and not any(os.path.exists(path) for path in paths):
+        joint = train_tokenizer([sentence for pair in train for sentence in pair], cfg.vocab_size).to_str()
+        return joint, joint
     out = []
     for side, path in enumerate(paths):
         if os.path.exists(path):
@@ -158,13 +161,9 @@ def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
             if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
                 raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
                                 f"another --model_folder")
-        elif cfg.share_vocab:
-            tokenizer = train_tokenizer([sentence for pair in train for sentence in pair], cfg.vocab_size)
         else:
             tokenizer = train_tokenizer([pair[side] for pair in train], cfg.vocab_size)
         out.append(tokenizer.to_str())
-        if cfg.share_vocab and not any(os.path.exists(p) for p in paths):
-            return out[0], out[0]
     if cfg.share_vocab and out[0] != out[1]:
         raise UserError(f"--share_vocab: {cfg.model_folder} holds two different tokenizers; drop --share_vocab or "
                         f"use another --model_folder")
@@ -316,14 +315,18 @@ class DistributedBatchSampler(Sampler[list[int]]):
             batches.append(current)
         return batches
 
-    def global_batches(self) -> list[list[list[int]]]:
-        """The rest of this epoch's global batches, from `start_sample` on; each a list of one share per rank."""
+    def _plan(self) -> tuple[list[list[list[int]]], list[int]]:
+        """This epoch's remaining global batches and the samples consumed after each, cut once per `set_epoch`."""
         key = (self.epoch, self.start_sample)
         if self._cached is None or self._cached[0] != key:
             batches = self._cut(self.epoch_order()[self.start_sample:])
             sizes = [sum(len(share) for share in global_batch) for global_batch in batches]
             self._cached = (key, batches, [0, *itertools.accumulate(sizes)])
-        return self._cached[1]
+        return self._cached[1], self._cached[2]
+
+    def global_batches(self) -> list[list[list[int]]]:
+        """The rest of this epoch's global batches, from `start_sample` on; each a list of one share per rank."""
+        return self._plan()[0]
 
     def _cut(self, order: list[int]) -> list[list[list[int]]]:
         world = self.world_size
@@ -350,8 +353,7 @@ class DistributedBatchSampler(Sampler[list[int]]):
 
     def position_after(self, batches_done: int) -> int:
         """Samples of the epoch consumed once this rank has taken `batches_done` batches since `set_epoch`."""
-        self.global_batches()
-        return self.start_sample + self._cached[2][batches_done]
+        return self.start_sample + self._plan()[1][batches_done]
 
 
 def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:

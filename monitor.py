@@ -62,9 +62,7 @@ class RunMonitor:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "time": round(time.time(), 3), **metrics}
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
+        self._write_line({"step": step}, metrics)
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -72,10 +70,13 @@ class RunMonitor:
         """Final figures: a line of metrics.jsonl and the W&B run summary."""
         if not self.enabled:
             return
-        self._metrics_file.write(json.dumps({"summary": True, "time": round(time.time(), 3), **metrics}) + "\n")
-        self._metrics_file.flush()
+        self._write_line({"summary": True}, metrics)
         if self.wandb_run is not None:
             self.wandb_run.summary.update(metrics)
+
+    def _write_line(self, head: dict, metrics: dict) -> None:
+        self._metrics_file.write(json.dumps({**head, "time": round(time.time(), 3), **metrics}) + "\n")
+        self._metrics_file.flush()
 
     def log_samples(self, step: int, rows: list[tuple[str, str, str]]) -> None:
         """A W&B table of (source, reference, hypothesis) sample translations."""

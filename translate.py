@@ -49,26 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_checkpoint(folder: str, choice: str) -> str:
+def choose_checkpoint(folder: str, choice: str) -> tuple[str, dict]:
+    """(path, loaded state) of the checkpoint that --checkpoint names; each file is read once."""
     found = checkpoint.list_checkpoints(folder)
     if choice.isdigit():
         path = checkpoint.checkpoint_path(folder, int(choice))
         if (int(choice), path) not in found:
             steps = ", ".join(str(s) for s, _ in found) or "none"
             raise UserError(f"--checkpoint {choice}: no complete checkpoint of that step in {folder} (steps: {steps})")
-        return path
+        return path, checkpoint.load_checkpoint(path)
     if choice not in ("best", "latest"):
         if not os.path.isfile(choice):
             raise UserError(f"--checkpoint {choice!r}: no such file; use 'best', 'latest', a step or a path")
-        return choice
+        return choice, checkpoint.load_checkpoint(choice)
     if not found:
         raise UserError(f"--model_folder {folder}: no complete checkpoint there; train first, or check the path")
-    if choice == "best":
-        best_step = checkpoint.load_checkpoint(found[-1][1]).get("best_step")
-        best = checkpoint.checkpoint_path(folder, best_step) if best_step is not None else None
-        if best and (best_step, best) in found:
-            return best
-    return found[-1][1]
+    newest_step, newest = found[-1]
+    state = checkpoint.load_checkpoint(newest)
+    best_step = state.get("best_step")
+    best = checkpoint.checkpoint_path(folder, best_step) if best_step is not None else None
+    if choice == "best" and best_step != newest_step and (best_step, best) in found:
+        return best, checkpoint.load_checkpoint(best)  # the newest names the best: it is kept through pruning
+    return newest, state
 
 
 class Translator:
@@ -77,8 +79,7 @@ class Translator:
     def __init__(self, folder: str, choice: str, device: torch.device):
         if not os.path.isdir(folder):
             raise UserError(f"--model_folder {folder}: no such folder")
-        self.path = choose_checkpoint(folder, choice)
-        state = checkpoint.load_checkpoint(self.path)
+        self.path, state = choose_checkpoint(folder, choice)
         self.config = Config(**{k: v for k, v in state["config"].items() if k in Config.__dataclass_fields__})
         tokenizers = []
         for side, lang in (("src", self.config.lang_src), ("tgt", self.config.lang_tgt)):
