@@ -38,6 +38,8 @@ import builtin_corpus
 import dataset as data
 import model as ours
 import perf
+from config import UserError
+from train import make_autocast, resolve_precision
 
 PRESETS = {
     "tiny": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=3),  # train.py's defaults
@@ -76,8 +78,10 @@ def parse_args() -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be at least 1 and --warmup at least 0")
     args.device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if args.precision == "auto":
-        args.precision = "fp32" if args.device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        args.precision = resolve_precision(args.precision, args.device)  # the trainer's own policy
+    except UserError as e:
+        p.error(str(e))
     if args.compile is None:
         args.compile = args.device.type == "cuda"
     for name, value in PRESETS[args.preset].items():
@@ -180,13 +184,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str):
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def train_step(run: dict, batch: dict, device: torch.device, precision: str) -> None:
-    with autocast(device, precision):
+    with make_autocast(precision, device)():
         logits = run["model"](batch["src"], batch["tgt_in"])
     targets = batch["tgt_out"]
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=data.PAD_ID,
@@ -260,7 +259,7 @@ def decoding_speed(model: ours.Transformer, src: torch.Tensor, device: torch.dev
     model.eval()
     speed = {}
     for use_cache in (True, False):
-        with autocast(device, precision):
+        with make_autocast(precision, device)():
             model.greedy_decode(src, data.BOS_ID, NEVER_EOS, 2, use_cache=use_cache)  # warm up
             synchronize(device)
             start = time.perf_counter()
