@@ -6,6 +6,7 @@ never drift apart. `validate` checks the values once, up front, on every rank.
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,9 +31,16 @@ class Config:
     lang_src: str = _setting("en", "source language key in each example's 'translation' dict")
     lang_tgt: str = _setting("it", "target language key in each example's 'translation' dict")
     seq_len: int = _setting(128, "maximum tokens per sentence (with BOS/EOS); longer pairs are dropped up front")
-    vocab_size: int = _setting(8000, "subword vocabulary size of each tokenizer (BPE stops earlier on small corpora)")
+    vocab_size: int | None = _setting(None, "subword vocabulary size of each tokenizer (default: by training pairs: "
+                                            "4000 below 50k, 8000 below 500k, 16000 below 2M, else 32000; BPE stops "
+                                            "earlier on small corpora)")
     share_vocab: bool = _setting(False, "one joint tokenizer for both languages, and one embedding shared by the "
                                         "encoder, the decoder and (with --tie_embeddings) the output layer")
+    streaming: bool = _setting(False, "read the training split as a stream (files or hub dataset not held in memory; "
+                                      "needs --max_steps): sharded over ranks, shuffled through a buffer")
+    shuffle_buffer: int = _setting(10000, "with --streaming: pairs in each rank's shuffle buffer")
+    tokenizer_sample: int | None = _setting(None, "train the tokenizers on the first N training pairs (default: all "
+                                                  "of an in-memory corpus, 100000 of a stream)")
     valid_size: int = _setting(500, "pairs held out for validation when the corpus has no validation split")
     test_size: int = _setting(500, "pairs held out for testing when the corpus has no test split")
 
@@ -41,7 +49,9 @@ class Config:
     num_layers: int = _setting(3, "layers in the encoder and in the decoder (each)")
     num_heads: int = _setting(4, "attention heads; must divide --d_model")
     d_ff: int = _setting(1024, "hidden width of the feed-forward blocks")
-    dropout: float = _setting(0.1, "dropout probability in attention, feed-forward and embeddings")
+    dropout: float | None = _setting(None, "dropout in attention, feed-forward and embeddings (default: by training "
+                                           "pairs: 0.3 below 500k, 0.2 below 2M, else 0.1; 0.1 on the builtin corpus, "
+                                           "as measured)")
     tie_embeddings: bool = _setting(True, "share the decoder embedding with the output projection")
 
     # optimisation
@@ -59,6 +69,10 @@ class Config:
     label_smoothing: float = _setting(0.1, "label smoothing of the training loss")
     precision: str = _setting("auto", "auto = bf16 on GPUs that support it, fp16 (+GradScaler) on older GPUs, "
                                       "fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
+    strategy: str = _setting("ddp", "ddp: every rank holds the whole model (fastest while it fits); fsdp: parameters, "
+                                    "gradients and optimizer state sharded over ranks (FSDP2)", choices=("ddp", "fsdp"))
+    cpu_offload: bool = _setting(False, "with --strategy fsdp: keep parameters, gradients and optimizer state in CPU "
+                                        "memory; the optimizer steps on the CPU")
     seed: int = _setting(0, "seed of initialisation, dropout and data order")
     compile: bool | None = _setting(None, "torch.compile the model for training (default: on with CUDA, off on CPU)")
     num_workers: int | None = _setting(None, "DataLoader worker processes per rank (default: 2 with CUDA, 0 on CPU, "
@@ -85,8 +99,9 @@ class Config:
     dist_timeout: float = _setting(1800.0, "seconds a collective may wait for the other ranks before failing")
 
     # logging
-    wandb_mode: str = _setting("auto", "auto = online when logged in (WANDB_API_KEY or `wandb login`), otherwise "
-                                       "offline", choices=("auto", "online", "offline", "disabled"))
+    wandb_mode: str = _setting("auto", "auto = the WANDB_MODE environment variable if set, else online when logged "
+                                       "in (WANDB_API_KEY or `wandb login`), else offline",
+                               choices=("auto", "online", "offline", "disabled"))
     wandb_project: str = _setting("transformer-translation", "W&B project")
     wandb_group: str | None = _setting(None, "W&B group, e.g. to gather the runs of one experiment")
     wandb_run_name: str | None = _setting(None, "W&B run name (default: W&B picks one)")
@@ -142,7 +157,7 @@ def _check(condition: bool, flag: str, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check values that argparse cannot; raises UserError naming the flag to change."""
-    for name in ("seq_len", "vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "batch_size",
+    for name in ("seq_len", "d_model", "num_layers", "num_heads", "d_ff", "batch_size",
                  "grad_accum_steps", "num_epochs", "eval_every", "eval_max_sentences", "log_every", "save_every"):
         _check(getattr(cfg, name) > 0, name, f"must be a positive integer, got {getattr(cfg, name)}")
     for name in ("valid_size", "test_size", "warmup_steps"):
@@ -153,12 +168,27 @@ def validate(cfg: Config) -> None:
     _check(cfg.num_workers is None or cfg.num_workers >= 0, "num_workers",
            f"must be zero or positive, got {cfg.num_workers}")
     _check(cfg.peak_tflops is None or cfg.peak_tflops > 0, "peak_tflops", f"must be positive, got {cfg.peak_tflops}")
+    _check(cfg.shuffle_buffer > 0, "shuffle_buffer", f"must be positive, got {cfg.shuffle_buffer}")
+    _check(cfg.tokenizer_sample is None or cfg.tokenizer_sample > 0, "tokenizer_sample",
+           f"must be positive, got {cfg.tokenizer_sample}")
+    if cfg.streaming:
+        _check(cfg.max_steps is not None, "max_steps", "is required with --streaming (a stream's length is unknown)")
+        _check(cfg.max_tokens is None, "max_tokens", "does not apply to --streaming; use --batch_size")
+        _check(cfg.dataset != "builtin" or bool(cfg.data_files), "streaming",
+               "needs --data_files or a hub --dataset; the builtin corpus is generated in memory")
+    _check(not cfg.cpu_offload or cfg.strategy == "fsdp", "cpu_offload", "needs --strategy fsdp")
+    _check(cfg.strategy != "fsdp" or cfg.precision != "fp16", "precision",
+           "fp16 is not supported with --strategy fsdp (it needs a gradient scaler); use bf16 or fp32")
+    _check("://" not in cfg.model_folder, "model_folder",
+           "must be a mounted folder (checkpoints are committed by renaming files, which object stores such as "
+           "s3:// cannot do); mount a shared drive on every node")
     _check(cfg.d_model % cfg.num_heads == 0, "num_heads",
            f"must divide --d_model ({cfg.d_model} is not divisible by {cfg.num_heads})")
     _check((cfg.d_model // cfg.num_heads) % 2 == 0, "num_heads", "--d_model / --num_heads must be even")
     _check(cfg.seq_len >= 4, "seq_len", f"must be at least 4 to hold BOS, EOS and a word, got {cfg.seq_len}")
-    _check(cfg.vocab_size >= 300, "vocab_size", f"must be at least 300 (byte alphabet + specials), got {cfg.vocab_size}")
-    _check(0.0 <= cfg.dropout < 1.0, "dropout", f"must be in [0, 1), got {cfg.dropout}")
+    _check(cfg.vocab_size is None or cfg.vocab_size >= 300, "vocab_size",
+           f"must be at least 300 (byte alphabet + specials), got {cfg.vocab_size}")
+    _check(cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", f"must be in [0, 1), got {cfg.dropout}")
     _check(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {cfg.label_smoothing}")
     _check(cfg.lr > 0, "lr", f"must be positive, got {cfg.lr}")
     _check(cfg.weight_decay >= 0, "weight_decay", f"must be zero or positive, got {cfg.weight_decay}")
@@ -174,6 +204,32 @@ def validate(cfg: Config) -> None:
     _check(cfg.dataset_config is None or cfg.dataset != "builtin", "dataset_config",
            "only applies to a hub dataset; the builtin corpus has none")
     _check(bool(cfg.preload.strip()), "preload", "expected 'latest', 'none', a step number or a checkpoint path")
+
+
+# The published Transformer recipe by training-corpus size, as (fewer pairs than, dropout, vocabulary per tokenizer):
+# fairseq's IWSLT'14 de-en (160k pairs) trains with dropout 0.3 and a ~10k BPE vocabulary, WMT'16 en-de (4.5M pairs)
+# with 0.1 and 32k; Sennrich & Zhang (2019, "Revisiting low-resource NMT") find small corpora want smaller
+# vocabularies still. opus_books en-it (32k pairs) and the builtin corpus (20k) fall in the first row.
+CORPUS_SIZE_RECIPE = ((50_000, 0.3, 4000), (500_000, 0.3, 8000), (2_000_000, 0.2, 16000), (math.inf, 0.1, 32000))
+# The builtin corpus is measured instead: generated by a grammar, without noise and with one translation per sentence,
+# its 4-epoch quick start reaches validation BLEU 83.4 with dropout 0.1 and only 62.6 with 0.3 (2026-11-23).
+BUILTIN_DROPOUT = 0.1
+
+
+def sized_for_corpus(cfg: Config, train_pairs: int | None) -> tuple[Config, str]:
+    """`cfg` with --dropout and --vocab_size, where left unset, taken from CORPUS_SIZE_RECIPE for this many training
+    pairs (None: a stream, whose size is unknown, taken as large); and a line saying what was chosen. Deterministic:
+    every rank resolves the same values."""
+    pairs = math.inf if train_pairs is None else train_pairs
+    _, dropout, vocab_size = next((row for row in CORPUS_SIZE_RECIPE if pairs < row[0]), CORPUS_SIZE_RECIPE[-1])
+    if cfg.dataset == "builtin" and not cfg.data_files:
+        dropout = BUILTIN_DROPOUT
+    resolved = dataclasses.replace(cfg, dropout=dropout if cfg.dropout is None else cfg.dropout,
+                                   vocab_size=vocab_size if cfg.vocab_size is None else cfg.vocab_size)
+    chosen = [f"--{name} {getattr(resolved, name)}" for name in ("dropout", "vocab_size") if getattr(cfg, name) is None]
+    size = f"{train_pairs:,} training pairs" if train_pairs is not None else "a stream of unknown size"
+    note = f"{', '.join(chosen)} (sized for {size})" if chosen else ""
+    return resolved, note
 
 
 def to_dict(cfg: Config) -> dict:

@@ -49,30 +49,54 @@ def _data_file_builder(files: list[str]) -> str:
     return kinds.pop()
 
 
-def _load_with_datasets(cfg: Config):
-    """A DatasetDict from the hub, a local dataset folder, or --data_files."""
+def is_remote(path: str) -> bool:
+    """An fsspec URL such as s3://bucket/key: listed and read by fsspec (s3fs), not by the local file system."""
+    return "://" in path
+
+
+def _local_files(patterns: list[str]) -> list[str]:
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise UserError(f"--data_files: no file matches {pattern!r}")
+        files.extend(matches)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise UserError(f"--data_files: the corpus is empty ({', '.join(files)} hold no pairs)")
+    return files
+
+
+def _load_with_datasets(cfg: Config, streaming: bool = False):
+    """A DatasetDict (an IterableDatasetDict when streaming) from the hub, a local dataset folder, or --data_files.
+    Remote --data_files (s3://...) go to fsspec, which takes credentials from the standard AWS environment variables
+    or profile, and an S3-compatible store's address from AWS_ENDPOINT_URL."""
     import datasets  # heavy: imported only when a non-builtin corpus is asked for
 
     datasets.disable_progress_bars()
     if cfg.data_files:
-        files = []
-        for pattern in cfg.data_files.split(","):
-            matches = sorted(glob.glob(pattern.strip()))
-            if not matches:
-                raise UserError(f"--data_files: no file matches {pattern.strip()!r}")
-            files.extend(matches)
-        if all(os.path.getsize(f) == 0 for f in files):
-            raise UserError(f"--data_files: the corpus is empty ({', '.join(files)} hold no pairs)")
+        patterns = [p.strip() for p in cfg.data_files.split(",") if p.strip()]
+        remote = [p for p in patterns if is_remote(p)]
+        if remote and len(remote) != len(patterns):
+            raise UserError("--data_files: give only local files or only remote (s3://) ones")
+        files = patterns if remote else _local_files(patterns)
         builder, source, flag = _data_file_builder(files), files, "data_files"
-        load = lambda: datasets.load_dataset(builder, data_files=files)  # noqa: E731
+        options = _storage_options() if remote else None
+        load = lambda: datasets.load_dataset(builder, data_files=files, streaming=streaming,  # noqa: E731
+                                             storage_options=options)
     else:
         source, flag = cfg.dataset, "dataset"
-        load = lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config)  # noqa: E731
+        load = lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, streaming=streaming)  # noqa: E731
     try:
         return load()
     except Exception as e:  # the loader's many error types all mean "cannot load what was named"
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--{flag}: cannot load {source!r}: {first_line}") from None
+
+
+def _storage_options() -> dict:
+    """fsspec options for s3://: the endpoint of an S3-compatible store (MinIO, R2, moto), if one is set."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
 def split_pairs(pairs: Pairs, valid_size: int, test_size: int) -> dict[str, Pairs]:
@@ -89,6 +113,8 @@ def split_pairs(pairs: Pairs, valid_size: int, test_size: int) -> dict[str, Pair
 
 def load_corpus(cfg: Config) -> dict[str, Pairs]:
     """{"train", "validation", "test"} lists of (source, target) pairs for the configured languages."""
+    if cfg.streaming:
+        return _load_stream(cfg)
     if cfg.dataset == "builtin" and not cfg.data_files:
         import builtin_corpus
 
@@ -110,6 +136,50 @@ def load_corpus(cfg: Config) -> dict[str, Pairs]:
     if not corpus["validation"]:
         raise UserError("--valid_size: the validation split is empty; hold out at least one pair")
     return corpus
+
+
+def _load_stream(cfg: Config) -> dict:
+    """--streaming: {"train": the training stream (a datasets.IterableDataset, read lazily), "validation" and
+    "test": pairs}. Held-out pairs are the first --valid_size / --test_size pairs of the stream's own validation
+    and test splits or, where it has none, of the training stream: the same on every rank. StreamBatches leaves
+    every held-out pair out of training, wherever in the stream (datasets' `skip` would not do: once the stream is
+    split over ranks, it skips in every rank's shard)."""
+    splits = _load_with_datasets(cfg, streaming=True)
+    if "train" not in splits:
+        raise UserError(f"--dataset: the corpus has no 'train' split (it has: {', '.join(sorted(splits))})")
+    train, held_out = splits["train"], 0
+    corpus = {}
+    for name, size in (("validation", cfg.valid_size), ("test", cfg.test_size)):
+        source = splits[name] if name in splits else train.skip(held_out)
+        corpus[name] = _pairs_from_examples(source.take(size), name, cfg.lang_src, cfg.lang_tgt)
+        held_out += 0 if name in splits else size
+    corpus["train"] = train
+    if not corpus["validation"]:
+        raise UserError("--valid_size: the validation split is empty; hold out at least one pair")
+    if not take_pairs(train.skip(held_out), 1, cfg):
+        raise UserError("--dataset/--data_files: the corpus is empty (no training pairs after the held-out ones)")
+    return corpus
+
+
+def take_pairs(stream, count: int, cfg: Config) -> Pairs:
+    """The first `count` pairs of a stream."""
+    return _pairs_from_examples(stream.take(count), "train", cfg.lang_src, cfg.lang_tgt)
+
+
+STREAM_TOKENIZER_SAMPLE = 100_000
+
+
+def tokenizer_sample(cfg: Config, corpus: dict) -> Pairs:
+    """The training pairs the tokenizers learn from: the first --tokenizer_sample ones (default: all of an
+    in-memory corpus, the first 100,000 of a stream)."""
+    if not cfg.streaming:
+        return corpus["train"][:cfg.tokenizer_sample]
+    count, held_out = cfg.tokenizer_sample or STREAM_TOKENIZER_SAMPLE, held_out_pairs(corpus)
+    return [pair for pair in take_pairs(corpus["train"], count + len(held_out), cfg) if pair not in held_out][:count]
+
+
+def held_out_pairs(corpus: dict) -> set[tuple[str, str]]:
+    return set(corpus["validation"]) | set(corpus["test"])
 
 
 # ----------------------------------------------------------------------------------------------- tokenizers
@@ -141,15 +211,16 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
+def build_tokenizer_json(cfg: Config, training_pairs) -> tuple[str, str]:
     """Rank 0 only: the source and target tokenizers as JSON, read from the model folder if there (a restart),
     else trained on the training split; with --share_vocab, one tokenizer trained on both sides, saved under both
-    names. Nothing is written here: see `save_tokenizers`."""
+    names. `training_pairs()` gives the pairs to learn from, read only when a tokenizer is trained. Nothing is
+    written here: see `save_tokenizers`."""
     from tokenizers import Tokenizer
 
     paths = [tokenizer_path(cfg.model_folder, lang) for lang in (cfg.lang_src, cfg.lang_tgt)]
     if cfg.share_vocab and not any(os.path.exists(path) for path in paths):
-        joint = train_tokenizer([sentence for pair in train for sentence in pair], cfg.vocab_size).to_str()
+        joint = train_tokenizer([sentence for pair in training_pairs() for sentence in pair], cfg.vocab_size).to_str()
         return joint, joint
     out = []
     for side, path in enumerate(paths):
@@ -162,7 +233,7 @@ def build_tokenizer_json(cfg: Config, train: Pairs) -> tuple[str, str]:
                 raise UserError(f"{path} was not made by this trainer (special tokens differ): delete it or use "
                                 f"another --model_folder")
         else:
-            tokenizer = train_tokenizer([pair[side] for pair in train], cfg.vocab_size)
+            tokenizer = train_tokenizer([pair[side] for pair in training_pairs()], cfg.vocab_size)
         out.append(tokenizer.to_str())
     if cfg.share_vocab and out[0] != out[1]:
         raise UserError(f"--share_vocab: {cfg.model_folder} holds two different tokenizers; drop --share_vocab or "
@@ -354,6 +425,113 @@ class DistributedBatchSampler(Sampler[list[int]]):
     def position_after(self, batches_done: int) -> int:
         """Samples of the epoch consumed once this rank has taken `batches_done` batches since `set_epoch`."""
         return self.start_sample + self._plan()[1][batches_done]
+
+
+class LoaderBatches:
+    """This rank's training batches from an in-memory split: the DataLoader over a DistributedBatchSampler, behind
+    the interface the training loop shares with StreamBatches. The position is the samples consumed in the epoch,
+    the same on every rank."""
+
+    def __init__(self, loader, sampler: DistributedBatchSampler):
+        self.loader, self.sampler = loader, sampler
+
+    def start_epoch(self, epoch: int, position: int | None = None) -> None:
+        self.sampler.set_epoch(epoch, position or 0)
+        self.batches, self.taken = iter(self.loader), 0
+
+    def take(self, count: int) -> list[dict[str, torch.Tensor]]:
+        """Up to `count` batches; fewer at the end of the epoch, where every rank has as many as the others."""
+        count = min(count, len(self.sampler) - self.taken)
+        self.taken += count
+        return [next(self.batches) for _ in range(count)]
+
+    def exhausted(self) -> bool:
+        return self.taken == len(self.sampler)
+
+    def position(self) -> int:
+        return self.sampler.position_after(self.taken)
+
+
+class StreamBatches:
+    """This rank's training batches from a stream (--streaming), in a state that resumes exactly.
+
+    The stream is sharded over ranks by `datasets.distributed.split_dataset_by_node` (whole files per rank when
+    their number divides by the world size, else every world_size-th example); each rank reads its files in an
+    order that changes every epoch, shuffles the pairs through a buffer of --shuffle_buffer pairs drawn by a
+    generator seeded from (seed, epoch, rank), leaves held-out (validation, test) pairs out, tokenizes on the fly
+    (pairs longer than --seq_len or empty are skipped and counted), and cuts batches of --batch_size pairs padded to
+    their longest sentence. `position()` at a batch boundary is the shard's position (its datasets state_dict),
+    the buffer's pairs and the generator's state: resuming from it continues with the very batches an uninterrupted
+    run takes.
+    Shards differ in length, so a rank may run out first; the trainer ends the epoch on every rank then."""
+
+    def __init__(self, corpus: dict, src_tokenizer, tgt_tokenizer, cfg: Config, rank: int, world_size: int):
+        self.stream, self.held_out = corpus["train"], held_out_pairs(corpus)
+        self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.dropped_too_long = self.dropped_empty = 0
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int, state: dict | None = None) -> None:
+        """From the start of `epoch`, or from a `position()` taken in it."""
+        from datasets.distributed import split_dataset_by_node
+
+        # A fresh shard each time: a loaded state_dict stays the starting point of every later pass over it. The
+        # datasets shuffle only reorders this rank's files each epoch (a buffer of one resumes exactly; its own
+        # buffer would lose its content on resume): the buffer below mixes the examples.
+        shard = split_dataset_by_node(self.stream, rank=self.rank, world_size=self.world_size)
+        shard = shard.shuffle(seed=self.cfg.seed, buffer_size=1)
+        shard.set_epoch(epoch)
+        self.rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.rank}")
+        self.buffer: Pairs = []
+        if state is not None:
+            shard.load_state_dict(state["shard"])
+            self.buffer = [tuple(pair) for pair in state["buffer"]]
+            self.rng.setstate(state["rng"])
+        self.shard, self.examples, self.shard_done = shard, iter(shard), False
+
+    def position(self) -> dict:
+        return {"shard": self.shard.state_dict(), "buffer": list(self.buffer), "rng": self.rng.getstate()}
+
+    def take(self, count: int) -> list[dict[str, torch.Tensor]]:
+        """`count` batches, or fewer once this rank's shard is used up."""
+        batches = []
+        while len(batches) < count and (batch := self.next_batch()) is not None:
+            batches.append(batch)
+        return batches
+
+    def exhausted(self) -> bool:
+        return False  # known only when a `take` comes back short
+
+    def _next_pair(self) -> tuple[str, str] | None:
+        while len(self.buffer) < self.cfg.shuffle_buffer and not self.shard_done:
+            example = next(self.examples, None)
+            if example is None:
+                self.shard_done = True
+            else:
+                (pair,) = _pairs_from_examples([example], "train", self.cfg.lang_src, self.cfg.lang_tgt)
+                if pair not in self.held_out:
+                    self.buffer.append(pair)
+        if not self.buffer:
+            return None
+        i = self.rng.randrange(len(self.buffer))
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        return self.buffer.pop()
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        """The next batch of --batch_size pairs, or None once this rank's shard is used up (a last, partial batch
+        is dropped: the other ranks may have none to pair it with)."""
+        batch = []
+        while len(batch) < self.cfg.batch_size:
+            pairs = [pair for pair in (self._next_pair() for _ in range(self.cfg.batch_size - len(batch)))
+                     if pair is not None]
+            if not pairs:
+                return None
+            tokenized = tokenize_pairs(pairs, self.src_tokenizer, self.tgt_tokenizer, self.cfg.seq_len)
+            self.dropped_too_long += tokenized.dropped_too_long
+            self.dropped_empty += tokenized.dropped_empty
+            batch.extend(tokenized.dataset[i] for i in range(len(tokenized.dataset)))
+        return collate(batch)
 
 
 def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:

@@ -12,10 +12,16 @@ import uuid
 from config import Config, to_dict
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 def resolve_wandb_mode(mode: str) -> tuple[str, str | None]:
-    """(mode, note): `auto` is online when an API key is configured, else offline with a one-line note."""
+    """(mode, note): `auto` follows a WANDB_MODE environment variable when one is set, is online when an API key is
+    configured, else offline with a one-line note."""
     if mode != "auto":
         return mode, None
+    if os.environ.get("WANDB_MODE") in WANDB_MODES:
+        return os.environ["WANDB_MODE"], None
     if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb_login():
         return "online", None
     return "offline", ("W&B: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import checkpoint
 import dataset as data
+import parallel
 import perf
-from config import Config, UserError, parse_config, to_dict, validate
+from config import Config, UserError, parse_config, sized_for_corpus, to_dict, validate
 from distributed import (DistInfo, all_reduce_sum_, any_rank, barrier, broadcast_from_main, destroy_distributed,
                          dist_max, dist_sum, gather_to_main, init_distributed, main_first, raise_if_any_failed,
                          run_on_main)
@@ -68,19 +68,6 @@ def make_autocast(precision: str, device: torch.device):
 
 def use_compile(cfg: Config, info: DistInfo) -> bool:
     return cfg.compile if cfg.compile is not None else info.device.type == "cuda"
-
-
-def wrap_model(raw_model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
-    """torch.compile (when on), then DDP over several ranks. `raw_model` stays what is saved and evaluated."""
-    model = torch.compile(raw_model) if use_compile(cfg, info) else raw_model
-    if info.world_size > 1:
-        # No buffer to broadcast each forward (the position table is a constant), gradients reduced straight
-        # from their bucket views, and a static graph (every step uses every parameter the same way) unless
-        # micro-steps skip the gradient sync, which DDP's static graph does not support.
-        model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                    forward_sync_buffers=False, gradient_as_bucket_view=True,
-                    static_graph=cfg.grad_accum_steps == 1)
-    return model
 
 
 def lr_multiplier(cfg: Config, total_steps: int):
@@ -132,6 +119,19 @@ def check_resumable(saved: dict, cfg: Config, tokenizer_ids: dict) -> None:
     if diffs:
         raise UserError(f"cannot resume from step {saved['step']}: {'; '.join(diffs)} "
                         f"(use the same settings, or another --model_folder)")
+
+
+def saved_position(saved: dict, cfg: Config, info: DistInfo, say):
+    """Where this rank resumes in the saved epoch: the samples consumed (in-memory corpus, any world size), or its
+    own stream position; a stream saved by another number of ranks restarts its epoch (shards differ)."""
+    if not cfg.streaming:
+        return saved["epoch_sample"]
+    positions = saved.get("stream_positions")
+    if positions and len(positions) == info.world_size:
+        return positions[info.rank]
+    say(f"the stream positions were saved by {len(positions or [])} ranks, not {info.world_size}: epoch "
+        f"{saved['epoch']} of the stream starts over")
+    return None
 
 
 class StopSignal:
@@ -187,20 +187,20 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
     loss_sum = torch.zeros((), device=info.device)
     for i, batch in enumerate(batches):
         src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
-        sync = i == len(batches) - 1  # all-reduce gradients on the last micro-step only
-        with contextlib.nullcontext() if sync or not isinstance(model, DDP) else model.no_sync():
+        sync = i == len(batches) - 1  # reduce gradients over ranks on the last micro-step only
+        with parallel.gradient_sync(model, raw_model, sync):
             with autocast():
                 logits = model(src, tgt_in)
             micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=data.PAD_ID,
                                          label_smoothing=cfg.label_smoothing, reduction="sum")
-            # DDP averages gradients over ranks; scaling by the world size turns that into a global sum.
+            # DDP and FSDP average gradients over ranks; scaling by the world size turns that into a global sum.
             scaled = micro_loss * info.world_size / global_tokens
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += micro_loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
-    # DDP all-reduced the gradients: a NaN on one rank is a NaN on all, so every rank takes the same decision.
+    grad_norm = parallel.clip_grad_norm(raw_model, cfg.grad_clip or math.inf)
+    # The gradients were reduced over ranks: a NaN on one rank is a NaN on all, so every rank takes the same decision.
     skipped = (~torch.isfinite(grad_norm)).float()
     if scaler:
         scaler.step(optimizer)  # skips by itself when the unscaled gradients are not finite
@@ -230,57 +230,79 @@ class Window:
 
 def train(cfg: Config, info: DistInfo) -> None:
     say = tqdm.write if info.is_main else (lambda *_: None)
+    parallel.check_strategy(cfg)
     precision = resolve_precision(cfg.precision, info.device)
+    if precision == "fp16" and cfg.strategy == "fsdp":  # --precision auto on a GPU without bf16
+        precision = "fp32"
     autocast = make_autocast(precision, info.device)
-    say(f"config: {json.dumps(to_dict(cfg))}")
     say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
     if info.device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- data: rank 0 loads first (hub downloads land in the cache once), then the others read it
-    corpus = main_first(lambda: data.load_corpus(cfg))
+    corpus = main_first(lambda: data.load_corpus(cfg))  # with --streaming, "train" is a stream read lazily
+    cfg, sized = sized_for_corpus(cfg, None if cfg.streaming else len(corpus["train"]))
+    say(f"config: {json.dumps(to_dict(cfg))}")
+    if sized:
+        say(f"defaults for this corpus: {sized}")
     run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
     check_folder_is_shared(cfg, info)
     # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
-    src_json, tgt_json = run_on_main(lambda: data.build_tokenizer_json(cfg, corpus["train"]))
+    src_json, tgt_json = run_on_main(lambda: data.build_tokenizer_json(
+        cfg, lambda: data.tokenizer_sample(cfg, corpus)))
     src_tok, tgt_tok = data.tokenizer_from_json(src_json), data.tokenizer_from_json(tgt_json)
     tokenizer_ids = {side: hashlib.sha256(text.encode()).hexdigest() for side, text in (("src", src_json),
                                                                                         ("tgt", tgt_json))}
-    train_set = data.tokenize_pairs(corpus["train"], src_tok, tgt_tok, cfg.seq_len)
     valid_set = data.tokenize_pairs(corpus["validation"], src_tok, tgt_tok, cfg.seq_len)
-    for name, split in (("train", train_set), ("validation", valid_set)):
+    splits = [("validation", valid_set)]
+    on_gpu = info.device.type == "cuda"
+    num_workers = 0
+    if cfg.streaming:
+        batches = data.StreamBatches(corpus, src_tok, tgt_tok, cfg, info.rank, info.world_size)
+    else:
+        train_set = data.tokenize_pairs(corpus["train"], src_tok, tgt_tok, cfg.seq_len)
+        splits.insert(0, ("train", train_set))
+        if len(train_set.dataset) < info.world_size:
+            raise UserError(f"--seq_len {cfg.seq_len}: too few training pairs fit ({len(train_set.dataset)}); "
+                            f"raise --seq_len")
+        lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
+        sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
+                                               cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens)
+        num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
+        # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
+        # mid-epoch resume would then see another dropout stream than an uninterrupted run.
+        loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate, pin_memory=on_gpu,
+                            num_workers=num_workers, persistent_workers=False, generator=torch.Generator())
+        batches = data.LoaderBatches(loader, sampler)
+    for name, split in splits:
         say(f"{name}: {len(split.dataset)} pairs kept, {split.dropped_too_long} dropped as longer than "
             f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
-    if len(train_set.dataset) < info.world_size or len(valid_set.dataset) == 0:
-        raise UserError(f"--seq_len {cfg.seq_len}: too few pairs fit ({len(train_set.dataset)} train, "
-                        f"{len(valid_set.dataset)} validation); raise --seq_len")
+    if len(valid_set.dataset) == 0:
+        raise UserError(f"--seq_len {cfg.seq_len}: no validation pair fits; raise --seq_len")
     run_on_main(lambda: (data.save_tokenizers(cfg, src_json, tgt_json),
                          checkpoint.remove_stale_temporaries(cfg.model_folder)))
-    lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
-    sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
-                                           cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens)
-    on_gpu = info.device.type == "cuda"
-    num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
-    # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
-    # mid-epoch resume would then see another dropout stream than an uninterrupted run.
-    loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate, pin_memory=on_gpu,
-                        num_workers=num_workers, persistent_workers=False, generator=torch.Generator())
 
-    # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps)
+    # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps), sharded by FSDP
     torch.manual_seed(cfg.seed)
     model_cfg = model_config(cfg, src_tok.get_vocab_size(), tgt_tok.get_vocab_size())
-    raw_model = Transformer(model_cfg).to(info.device)
+    make_model = lambda: Transformer(model_cfg).to(info.device)  # noqa: E731
+    raw_model = make_model()
     say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
-        f"{model_cfg.tgt_vocab_size}")
+        f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
+    if cfg.strategy == "fsdp":
+        parallel.shard(raw_model, cfg, precision, info.device)
     optimizer = build_optimizer(raw_model, cfg)
-    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
-    total_steps = min(cfg.max_steps or math.inf, cfg.num_epochs * steps_per_epoch)
+    if cfg.streaming:
+        total_steps = cfg.max_steps  # a stream's epochs have no known length
+    else:
+        steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
+        total_steps = min(cfg.max_steps or math.inf, cfg.num_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
-    step, epoch, epoch_sample, run_id = 0, 0, 0, new_run_id()
+    step, epoch, position, run_id = 0, 0, None, new_run_id()
     skipped_steps = torch.zeros((), device=info.device)  # on the device: counted without a host sync
     best_bleu, best_step = -1.0, None
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
@@ -288,20 +310,21 @@ def train(cfg: Config, info: DistInfo) -> None:
     saved = run_on_main(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
     if saved:
         check_resumable(saved, cfg, tokenizer_ids)
-        raw_model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        parallel.load_full_state(raw_model, optimizer, saved["model"], saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
-        step, epoch, epoch_sample = saved["step"], saved["epoch"], saved["epoch_sample"]
+        step, epoch = saved["step"], saved["epoch"]
+        position = saved_position(saved, cfg, info, say)
         skipped_steps.fill_(saved["skipped_steps"])
         run_id = saved["wandb_run_id"]
         best_bleu, best_step = saved["best_bleu"], saved["best_step"]
         if len(saved["rng"]) == info.world_size:
             set_rng_state(saved["rng"][info.rank], info.device)
-        say(f"resumed from step {step} (epoch {epoch}, {epoch_sample} samples into it)")
+        say(f"resumed from step {step} (epoch {epoch}, "
+            f"{'stream positions restored' if cfg.streaming else f'{position} samples into it'})")
     del saved
-    model = wrap_model(raw_model, cfg, info)
+    model = parallel.wrap(raw_model, cfg, info.world_size, info.device, use_compile(cfg, info))
     peak, peak_source = perf.peak_flops(info.device, precision, cfg.peak_tflops)
     say(f"compile {'on' if use_compile(cfg, info) else 'off'}, {num_workers} data workers, peak "
         f"{peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
@@ -310,16 +333,20 @@ def train(cfg: Config, info: DistInfo) -> None:
     last_saved_step = step if step > 0 else -1  # a resumed step is already on disk
 
     def save() -> None:
-        """Collective: every rank hands its RNG state to rank 0, which writes; the others wait at the barrier."""
+        """Collective: every rank hands its RNG state (and stream position) and its shard of the model under FSDP to
+        rank 0, which writes; the others wait at the barrier."""
         nonlocal last_saved_step
         if last_saved_step == step:
             return
         last_saved_step = step
         rng = gather_to_main(rng_state(info.device))
+        stream_positions = gather_to_main(position) if cfg.streaming else None  # one per rank, like the RNGs
+        model_state, optimizer_state = parallel.gather_full_state(raw_model, optimizer, info.is_main)
         if info.is_main:
-            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": model_state, "optimizer": optimizer_state,
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "step": step, "epoch": epoch, "epoch_sample": epoch_sample,
+                     "step": step, "epoch": epoch, "epoch_sample": 0 if cfg.streaming else position or 0,
+                     "stream_positions": stream_positions,
                      "skipped_steps": int(skipped_steps.item()),
                      "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng,
                      "best_bleu": best_bleu, "best_step": best_step}
@@ -333,8 +360,8 @@ def train(cfg: Config, info: DistInfo) -> None:
     def run_evaluation() -> None:
         """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
         nonlocal last_eval_step, best_bleu, best_step
-        result = evaluate(raw_model, valid_set.dataset, corpus["validation"], valid_set.kept, tgt_tok, info,
-                          cfg.batch_size, cfg.eval_max_sentences, autocast)
+        result = evaluate(parallel.evaluation_model(raw_model, make_model), valid_set.dataset, corpus["validation"],
+                          valid_set.kept, tgt_tok, info, cfg.batch_size, cfg.eval_max_sentences, autocast)
         last_eval_step = step
         if info.is_main:
             say(f"step {step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF {result.chrf:.2f} "
@@ -358,15 +385,20 @@ def train(cfg: Config, info: DistInfo) -> None:
     window = Window.new(info.device)
     stopping = False  # agreed by all ranks, step by step
     while step < total_steps and epoch < cfg.num_epochs and not stopping:
-        sampler.set_epoch(epoch, epoch_sample)
-        batches, remaining = iter(loader), len(sampler)
-        while remaining > 0 and step < total_steps:
-            micro_batches = [next(batches) for _ in range(min(cfg.grad_accum_steps, remaining))]
-            remaining -= len(micro_batches)
+        batches.start_epoch(epoch, position)
+        epoch_done = False
+        while not epoch_done and step < total_steps:
+            micro_batches = batches.take(cfg.grad_accum_steps)
+            if cfg.streaming:  # shards end unevenly: when one rank runs out, every rank ends the epoch here
+                epoch_done = any_rank(len(micro_batches) < cfg.grad_accum_steps)
+            else:  # every rank has as many batches as the others, by construction of the sampler
+                epoch_done = not micro_batches
+            if epoch_done:
+                break
             result = train_step(model, raw_model, optimizer, scaler, micro_batches, cfg, info, autocast)
             scheduler.step()
             step += 1
-            epoch_sample = sampler.position_after(len(sampler) - remaining)
+            position, epoch_done = batches.position(), batches.exhausted()
             skipped_steps += result.skipped
             window.loss_sum += result.loss_sum
             window.tokens += result.tokens
@@ -390,8 +422,8 @@ def train(cfg: Config, info: DistInfo) -> None:
             stopping = any_rank(stop.received is not None)
             if stopping:
                 break
-        if remaining == 0:  # the epoch ran to its end (not stopped by --max_steps)
-            epoch, epoch_sample = epoch + 1, 0
+        if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
+            epoch, position = epoch + 1, None
             if not stopping:
                 if last_eval_step != step:
                     run_evaluation()
@@ -407,7 +439,11 @@ def train(cfg: Config, info: DistInfo) -> None:
             averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))
             say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
                 "averaging skipped: fewer than two checkpoints were saved")
-        score_test_split(raw_model, best_step, corpus["test"], src_tok, tgt_tok, cfg, info, autocast, monitor, say)
+        score_test_split(parallel.evaluation_model(raw_model, make_model), best_step, corpus["test"], src_tok,
+                         tgt_tok, cfg, info, autocast, monitor, say)
+    if cfg.streaming:
+        say(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len {cfg.seq_len} and "
+            f"{batches.dropped_empty} empty ones skipped")
     monitor.close()
     say(f"done: {step} steps, {int(skipped_steps.item())} skipped")
 

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from config import Config, UserError, build_parser, parse_config, validate
+from config import Config, UserError, build_parser, parse_config, sized_for_corpus, validate
 
 
 def test_every_setting_is_a_flag_with_help():
@@ -58,3 +58,27 @@ def test_invalid_values_name_the_flag(args, flag):
         validate(parse_config(args))
     assert str(e.value).startswith(flag)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("pairs, dropout, vocab_size", [
+    (32_000, 0.3, 4000),  # opus_books en-it
+    (160_000, 0.3, 8000),  # IWSLT'14 scale
+    (1_000_000, 0.2, 16000),
+    (4_500_000, 0.1, 32000),  # WMT'16 en-de scale
+])
+def test_unset_dropout_and_vocabulary_follow_the_corpus_size(pairs, dropout, vocab_size):
+    cfg, note = sized_for_corpus(parse_config(["--data_files", "corpus.jsonl"]), pairs)
+    assert (cfg.dropout, cfg.vocab_size) == (dropout, vocab_size)
+    assert f"--dropout {dropout}" in note and f"--vocab_size {vocab_size}" in note and f"{pairs:,}" in note
+
+
+def test_the_builtin_corpus_keeps_its_measured_dropout():
+    cfg, note = sized_for_corpus(parse_config([]), 20_000)
+    assert (cfg.dropout, cfg.vocab_size) == (0.1, 4000)
+
+
+def test_values_given_on_the_command_line_are_kept_whatever_the_corpus_size():
+    cfg, note = sized_for_corpus(parse_config(["--dropout", "0.05"]), 20_000)
+    assert (cfg.dropout, cfg.vocab_size) == (0.05, 4000) and "--dropout" not in note
+    cfg, note = sized_for_corpus(parse_config(["--dropout", "0.0", "--vocab_size", "500"]), 10_000_000)
+    assert (cfg.dropout, cfg.vocab_size, note) == (0.0, 500, "")

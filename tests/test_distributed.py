@@ -1,4 +1,5 @@
-"""DDP correctness on CPU with gloo: the real init_distributed and train_step, two processes against one."""
+"""DDP and FSDP correctness on CPU with gloo: the real init_distributed, wrapping and train_step, two processes
+against one."""
 
 import dataclasses
 import os
@@ -12,7 +13,8 @@ from config import parse_config
 from conftest import free_port
 from distributed import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
 from model import ModelConfig, Transformer
-from train import make_autocast, train_step, wrap_model
+import parallel
+from train import make_autocast, train_step
 
 STEPS, GLOBAL_BATCH = 3, 8
 CFG = parse_config(["--dropout", "0", "--lr", "0.003", "--grad_clip", "0.5"])
@@ -40,38 +42,48 @@ def micro_batches(examples, rank: int, world: int, accum: int) -> list[dict]:
     return [data.collate(share[i * size:(i + 1) * size]) for i in range(accum)]
 
 
-def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None) -> tuple[dict, list[bool]]:
+def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None,
+                      strategy: str = "ddp") -> tuple[dict, list[bool]]:
     torch.manual_seed(0)
     raw = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=1,
                                   d_ff=64, dropout=0.0, max_len=32))
     if poison_rank == info.rank:  # this rank alone produces a NaN loss
         raw.register_forward_hook(lambda module, inputs, output: output * float("nan"))
-    # The trainer's own wrapping: DDP, with a static graph when there is no gradient accumulation.
-    model = wrap_model(raw, dataclasses.replace(CFG, grad_accum_steps=accum), info)
-    # SGD keeps the comparison linear in the gradients: Adam would blow float noise on zero-gradient parameters
-    # (the key bias, to which softmax is invariant) up to full-size updates.
-    optimizer = torch.optim.SGD(raw.parameters(), lr=0.5, fused=True)  # fused: it skips a step on the device
+    # The trainer's own wrapping: DDP, with a static graph when there is no gradient accumulation; or FSDP2.
+    cfg = dataclasses.replace(CFG, grad_accum_steps=accum, strategy=strategy)
+    if strategy == "fsdp":
+        parallel.shard(raw, cfg, "fp32", info.device)
+    model = parallel.wrap(raw, cfg, info.world_size, info.device, compile_model=False)
+    # Fused AdamW as in training (it skips a step on the device, also over FSDP's sharded parameters), with an eps
+    # so large that float noise in zero-gradient parameters (the key bias, to which softmax is invariant) is not
+    # blown up to full-size updates, as Adam's normalisation would: the comparison stays near linear in the gradients.
+    optimizer = torch.optim.AdamW(raw.parameters(), lr=0.5, eps=1.0, weight_decay=0.0, fused=True)
     skipped = []
     for examples in global_batches():
         batches = micro_batches(examples, info.rank, info.world_size, accum)
-        result = train_step(model, raw, optimizer, None, batches, CFG, info, make_autocast("fp32", info.device))
+        result = train_step(model, raw, optimizer, None, batches, cfg, info, make_autocast("fp32", info.device))
         skipped.append(bool(result.skipped))
-    return {k: v.detach().clone() for k, v in raw.state_dict().items()}, skipped
+    full = raw.state_dict()  # each rank's replica under DDP; under FSDP, gathered from every rank's shard:
+    if parallel.is_sharded(raw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().clone() for k, v in full.items()}, skipped
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank):
+def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank, strategy: str):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     info = init_distributed()
     try:
-        state, skipped = train_a_few_steps(info, accum, poison_rank)
+        state, skipped = train_a_few_steps(info, accum, poison_rank, strategy)
         torch.save({"state": state, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
 
 
-def run_ddp(tmp_path, accum: int, poison_rank=None) -> list[dict]:
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank), nprocs=2,
+def run_two_ranks(tmp_path, accum: int, poison_rank=None, strategy: str = "ddp") -> list[dict]:
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank, strategy), nprocs=2,
                        start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
@@ -84,9 +96,9 @@ def assert_same_parameters(a: dict, b: dict):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, accum):
-    ranks = run_ddp(tmp_path, accum)
+@pytest.mark.parametrize("strategy, accum", [("ddp", 1), ("ddp", 2), ("fsdp", 2)])
+def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, strategy, accum):
+    ranks = run_two_ranks(tmp_path, accum, strategy=strategy)
     single, _ = train_a_few_steps(SINGLE, accum=1)
     assert_same_parameters(ranks[0]["state"], ranks[1]["state"])
     assert_same_parameters(ranks[0]["state"], single)
@@ -103,8 +115,9 @@ def test_gradient_accumulation_matches_one_step_on_the_full_batch():
     assert_same_parameters(four, whole)
 
 
-def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path):
-    ranks = run_ddp(tmp_path, accum=1, poison_rank=1)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path, strategy):
+    ranks = run_two_ranks(tmp_path, accum=1, poison_rank=1, strategy=strategy)
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [True] * STEPS
     torch.manual_seed(0)
     untouched = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2,

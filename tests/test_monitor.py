@@ -7,12 +7,21 @@ from monitor import RunMonitor, resolve_wandb_mode
 
 
 def test_auto_mode_is_offline_without_a_key_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     mode, note = resolve_wandb_mode("auto")
     assert mode == "offline" and "wandb sync" in note
 
 
+def test_auto_mode_follows_the_wandb_mode_environment_variable(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    for mode in ("disabled", "offline", "online"):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert resolve_wandb_mode("auto") == (mode, None)
+
+
 def test_auto_mode_is_online_with_an_api_key_or_a_wandb_login(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert resolve_wandb_mode("auto") == ("online", None)

@@ -207,7 +207,7 @@ def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
     (["--data_files", "EMPTY"], "error: --data_files: the corpus is empty"),
     (["--model_folder", "FILE/sub"], "error: --model_folder"),
     (["--d_model", "30", "--num_heads", "4"], "error: --num_heads: must divide --d_model"),
-    (["--seq_len", "4"], "error: --seq_len 4: too few pairs fit"),
+    (["--seq_len", "4"], "error: --seq_len 4: too few training pairs fit"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, toy_corpus, capsys, flags, message):
     (tmp_path / "empty.jsonl").write_text("")

@@ -1,0 +1,147 @@
+"""How the model is spread over the ranks (--strategy), and the one checkpoint format every strategy reads and writes.
+
+- ddp: every rank holds the whole model and optimizer; DDP all-reduces the gradients. Fastest while it all fits.
+- fsdp: FSDP2 (`fully_shard`) per encoder and decoder layer and at the root: parameters, gradients and optimizer
+  state are sharded over the ranks and gathered layer by layer for compute; with --cpu_offload they live in CPU memory.
+
+Checkpoints always hold full, unsharded tensors keyed by parameter name (torch.distributed.checkpoint.state_dict
+with full_state_dict=True), gathered with every rank taking part and written by rank 0: a run saved under FSDP
+resumes under DDP or on another number of ranks, and translate.py loads it on one CPU.
+"""
+
+import contextlib
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from config import Config, UserError
+from model import Transformer
+
+# torch.distributed.fsdp and .checkpoint are imported only by FSDP runs: they add over a second to every start.
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # nothing is sharded until FSDP is imported
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
+
+
+def _state_dict_options(gathered: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # gathered: full tensors on rank 0 only, in CPU memory; otherwise full tensors on every rank
+    return StateDictOptions(full_state_dict=True, cpu_offload=gathered)
+
+
+def check_strategy(cfg: Config) -> None:
+    if cfg.strategy == "fsdp" and not dist.is_initialized():
+        raise UserError("--strategy fsdp shards over a process group: launch with torchrun (one GPU: "
+                        "torchrun --standalone --nproc_per_node=1 train.py ...)")
+
+
+def shard(raw_model: Transformer, cfg: Config, precision: str, device: torch.device) -> None:
+    """--strategy fsdp, in place, before the optimizer is built: each layer is a unit of all-gather and
+    reduce-scatter, the root holds the embeddings, the final norms and the output layer. Parameters are gathered in
+    bf16 under --precision bf16; gradients are reduced in fp32."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
+                                 reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+    for layer in [*raw_model.encoder_layers, *raw_model.decoder_layers]:
+        fully_shard(layer, mp_policy=mixed, offload_policy=offload)
+    fully_shard(raw_model, mp_policy=mixed, offload_policy=offload)
+
+
+def wrap(raw_model: torch.nn.Module, cfg: Config, world_size: int, device: torch.device,
+         compile_model: bool) -> torch.nn.Module:
+    """The module the training step calls: torch.compile (when on), then DDP over several ranks for --strategy ddp
+    (FSDP's hooks are on `raw_model` itself). `raw_model` stays what is evaluated."""
+    model = torch.compile(raw_model) if compile_model else raw_model
+    if cfg.strategy == "ddp" and world_size > 1:
+        # No buffer to broadcast each forward (the position table is a constant), gradients reduced straight
+        # from their bucket views, and a static graph (every step uses every parameter the same way) unless
+        # micro-steps skip the gradient sync, which DDP's static graph does not support.
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    forward_sync_buffers=False, gradient_as_bucket_view=True,
+                    static_graph=cfg.grad_accum_steps == 1)
+    return model
+
+
+def gradient_sync(model: torch.nn.Module, raw_model: torch.nn.Module, sync: bool):
+    """A context for one micro-step: gradients are reduced over ranks only when `sync` (the last micro-step)."""
+    if is_sharded(raw_model):
+        raw_model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if isinstance(model, DDP) and not sync:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm(raw_model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """The global gradient norm (before clipping), a plain tensor: under FSDP the norm of the sharded gradients
+    comes back replicated on every rank, so its local value is the full norm."""
+    norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+    return norm.to_local() if is_sharded(raw_model) else norm
+
+
+def gather_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      is_main: bool) -> tuple[dict, dict]:
+    """Collective: the full model and optimizer state dicts on rank 0, as CPU tensors (empty dicts elsewhere). The
+    optimizer's state is keyed by parameter name, as torch.distributed.checkpoint writes it under FSDP (the first
+    name of a shared parameter), so that any strategy reads what another wrote."""
+    if is_sharded(raw_model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        options = _state_dict_options(gathered=True)
+        return (get_model_state_dict(raw_model, options=options),
+                get_optimizer_state_dict(raw_model, optimizer, options=options))
+    if not is_main:
+        return {}, {}
+    to_cpu = lambda value: value.detach().cpu() if isinstance(value, torch.Tensor) else value  # noqa: E731
+    names = _names_by_position(raw_model, optimizer)
+    saved = optimizer.state_dict()
+    return ({name: to_cpu(value) for name, value in raw_model.state_dict().items()},
+            {"state": {names[i]: {k: to_cpu(v) for k, v in state.items()} for i, state in saved["state"].items()},
+             "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                              for group in saved["param_groups"]]})
+
+
+def _names_by_position(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter in the order of optimizer.state_dict()'s integer ids."""
+    name_of = {id(p): name for name, p in raw_model.named_parameters()}  # the first name of a shared parameter
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def load_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    """Every rank, with the same full state dicts (from any strategy): each keeps its own shard under FSDP."""
+    if is_sharded(raw_model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        options = _state_dict_options(gathered=False)
+        set_model_state_dict(raw_model, dict(model_state), options=options)  # a copy: FSDP swaps in its shards
+        set_optimizer_state_dict(raw_model, optimizer, optimizer_state, options=options)
+        return
+    raw_model.load_state_dict(model_state)
+    position = {name: i for i, name in enumerate(_names_by_position(raw_model, optimizer))}
+    optimizer.load_state_dict(
+        {"state": {position[name]: state for name, state in optimizer_state["state"].items()},
+         "param_groups": [{**group, "params": [position[name] for name in group["params"]]}
+                          for group in optimizer_state["param_groups"]]})
+
+
+def evaluation_model(raw_model: torch.nn.Module, make_model) -> torch.nn.Module:
+    """Collective. The model to decode with. Ranks decode different sentences for different numbers of steps, and
+    under FSDP every layer call is a collective, so they would wait on each other forever: FSDP runs evaluate a
+    full, unsharded copy (built by `make_model`, without touching the training RNG streams) instead."""
+    if not is_sharded(raw_model):
+        return raw_model
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    weights = get_model_state_dict(raw_model, options=_state_dict_options(gathered=False))
+    with torch.random.fork_rng(devices=[]):
+        copy = make_model()
+    copy.load_state_dict(weights)
+    return copy
