@@ -459,10 +459,10 @@ class StreamBatches:
     their number divides by the world size, else every world_size-th example); each rank reads its files in an
     order that changes every epoch, shuffles the pairs through a buffer of --shuffle_buffer pairs drawn by a
     generator seeded from (seed, epoch, rank), leaves held-out (validation, test) pairs out, tokenizes on the fly
-    (pairs longer than --seq_len or empty are skipped and counted), and cuts batches of --batch_size pairs padded to
-    their longest sentence. `position()` at a batch boundary is the shard's position (its datasets state_dict),
-    the buffer's pairs and the generator's state: resuming from it continues with the very batches an uninterrupted
-    run takes.
+    (pairs longer than --seq_len or empty are skipped and counted), and groups about 50 batches' worth by length
+    into batches of --batch_size pairs, padded to their longest sentence. `position()` at a batch boundary is the
+    shard's position (its datasets state_dict), the buffer's pairs, the batches grouped but not yet taken and the
+    generator's state: resuming from it continues with the very batches an uninterrupted run takes.
     Shards differ in length, so a rank may run out first; the trainer ends the epoch on every rank then."""
 
     def __init__(self, corpus: dict, src_tokenizer, tgt_tokenizer, cfg: Config, rank: int, world_size: int):
@@ -484,14 +484,17 @@ class StreamBatches:
         shard.set_epoch(epoch)
         self.rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.rank}")
         self.buffer: Pairs = []
+        self.pending: list[list[tuple[list[int], list[int]]]] = []  # token ids of the batches grouped last
         if state is not None:
             shard.load_state_dict(state["shard"])
             self.buffer = [tuple(pair) for pair in state["buffer"]]
+            self.pending = state["pending"]
             self.rng.setstate(state["rng"])
         self.shard, self.examples, self.shard_done = shard, iter(shard), False
 
     def position(self) -> dict:
-        return {"shard": self.shard.state_dict(), "buffer": list(self.buffer), "rng": self.rng.getstate()}
+        return {"shard": self.shard.state_dict(), "buffer": list(self.buffer), "pending": list(self.pending),
+                "rng": self.rng.getstate()}
 
     def take(self, count: int) -> list[dict[str, torch.Tensor]]:
         """`count` batches, or fewer once this rank's shard is used up."""
@@ -518,20 +521,36 @@ class StreamBatches:
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
         return self.buffer.pop()
 
+    def _grouped_batches(self) -> list[list[tuple[list[int], list[int]]]]:
+        """About 50 batches' worth of pairs from the buffer, tokenized, sorted by length, cut into full batches of
+        --batch_size, in a shuffled order: similar lengths share a batch, so little compute goes to padding. The
+        few pairs left over go back to the buffer (or, once the shard is used up, are dropped)."""
+        pairs = []
+        while len(pairs) < self.cfg.batch_size * self.GROUPING_BATCHES and (pair := self._next_pair()) is not None:
+            pairs.append(pair)
+        tokenized = tokenize_pairs(pairs, self.src_tokenizer, self.tgt_tokenizer, self.cfg.seq_len)
+        self.dropped_too_long += tokenized.dropped_too_long
+        self.dropped_empty += tokenized.dropped_empty
+        items = sorted(((*map(torch.Tensor.tolist, tokenized.dataset[i]), pairs[k])
+                        for i, k in enumerate(tokenized.kept)), key=lambda item: max(len(item[0]), len(item[1])))
+        size = self.cfg.batch_size
+        full = len(items) - len(items) % size
+        if not self.shard_done:
+            self.buffer.extend(item[2] for item in items[full:])
+        batches = [[item[:2] for item in items[i:i + size]] for i in range(0, full, size)]
+        self.rng.shuffle(batches)
+        return batches
+
+    GROUPING_BATCHES = 50  # as the in-memory sampler's window
+
     def next_batch(self) -> dict[str, torch.Tensor] | None:
         """The next batch of --batch_size pairs, or None once this rank's shard is used up (a last, partial batch
         is dropped: the other ranks may have none to pair it with)."""
-        batch = []
-        while len(batch) < self.cfg.batch_size:
-            pairs = [pair for pair in (self._next_pair() for _ in range(self.cfg.batch_size - len(batch)))
-                     if pair is not None]
-            if not pairs:
-                return None
-            tokenized = tokenize_pairs(pairs, self.src_tokenizer, self.tgt_tokenizer, self.cfg.seq_len)
-            self.dropped_too_long += tokenized.dropped_too_long
-            self.dropped_empty += tokenized.dropped_empty
-            batch.extend(tokenized.dataset[i] for i in range(len(tokenized.dataset)))
-        return collate(batch)
+        while not self.pending and (self.buffer or not self.shard_done):
+            self.pending = self._grouped_batches()
+        if not self.pending:
+            return None
+        return collate([(torch.tensor(src), torch.tensor(tgt)) for src, tgt in self.pending.pop()])
 
 
 def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:
