@@ -302,7 +302,8 @@ def train(cfg: Config, info: DistInfo) -> None:
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
-    step, epoch, position, run_id = 0, 0, None, new_run_id()
+    step, epoch, position, run_id = 0, 0, None, new_run_id()  # position: where the current epoch (re)started
+    in_epoch = False  # batches taken from the current epoch: the position is then read from `batches` at save time
     skipped_steps = torch.zeros((), device=info.device)  # on the device: counted without a host sync
     best_bleu, best_step = -1.0, None
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
@@ -340,12 +341,13 @@ def train(cfg: Config, info: DistInfo) -> None:
             return
         last_saved_step = step
         rng = gather_to_main(rng_state(info.device))
-        stream_positions = gather_to_main(position) if cfg.streaming else None  # one per rank, like the RNGs
+        current = batches.position() if in_epoch else position  # read here, not copied at every step
+        stream_positions = gather_to_main(current) if cfg.streaming else None  # one per rank, like the RNGs
         model_state, optimizer_state = parallel.gather_full_state(raw_model, optimizer, info.is_main)
         if info.is_main:
             state = {"model": model_state, "optimizer": optimizer_state,
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "step": step, "epoch": epoch, "epoch_sample": 0 if cfg.streaming else position or 0,
+                     "step": step, "epoch": epoch, "epoch_sample": 0 if cfg.streaming else current or 0,
                      "stream_positions": stream_positions,
                      "skipped_steps": int(skipped_steps.item()),
                      "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng,
@@ -386,6 +388,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     stopping = False  # agreed by all ranks, step by step
     while step < total_steps and epoch < cfg.num_epochs and not stopping:
         batches.start_epoch(epoch, position)
+        in_epoch = True
         epoch_done = False
         while not epoch_done and step < total_steps:
             micro_batches = batches.take(cfg.grad_accum_steps)
@@ -398,7 +401,7 @@ def train(cfg: Config, info: DistInfo) -> None:
             result = train_step(model, raw_model, optimizer, scaler, micro_batches, cfg, info, autocast)
             scheduler.step()
             step += 1
-            position, epoch_done = batches.position(), batches.exhausted()
+            epoch_done = batches.exhausted()
             skipped_steps += result.skipped
             window.loss_sum += result.loss_sum
             window.tokens += result.tokens
@@ -423,7 +426,7 @@ def train(cfg: Config, info: DistInfo) -> None:
             if stopping:
                 break
         if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
-            epoch, position = epoch + 1, None
+            epoch, position, in_epoch = epoch + 1, None, False
             if not stopping:
                 if last_eval_step != step:
                     run_evaluation()
