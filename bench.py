@@ -39,7 +39,7 @@ import dataset as data
 import model as ours
 import perf
 from config import UserError
-from train import make_autocast, resolve_precision
+from runtime import compile_layers, make_autocast, resolve_precision
 
 PRESETS = {
     "tiny": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=3),  # train.py's defaults
@@ -64,7 +64,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto = bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile every model that trains (default: on for CUDA, off for CPU)")
+                   help="compile every encoder and decoder layer of the models that train, as train.py does "
+                        "(default: on for CUDA, off for CPU)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps before them")
     p.add_argument("--max_tokens", type=int, default=4096,
@@ -124,7 +125,7 @@ def fixed_size_batches(ds, sentences: list[int], batch_size: int, seq_len: int, 
                          f"sentences, fewer than {count} padded batches need")
     order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(SEED)).tolist()
     chosen = [sentences[i] for i in order[:count * batch_size]]
-    batches = [data.collate([ds[i] for i in chosen[k:k + batch_size]]) for k in range(0, len(chosen), batch_size)]
+    batches = [data.collate([ds[i] for i in chosen[k:k + batch_size]], TOKENIZE_LEN) for k in range(0, len(chosen), batch_size)]
     longest = max(v.shape[1] for b in batches for v in b.values())
     if longest > seq_len:
         raise SystemExit(f"--seq_len {seq_len}: shorter than the longest sentence of these batches ({longest} tokens)")
@@ -221,7 +222,8 @@ def measure_training(models: dict[str, nn.Module], batches: list[dict], args, vo
     the machine (another process, a throttled clock) hits them all alike. One result row per model."""
     runs = []
     for name, model in models.items():
-        model = torch.compile(model) if args.compile else model
+        if args.compile:
+            compile_regions(model)
         model.train()
         # fused AdamW runs on CPU as well as CUDA since torch 2.4: one kernel per step instead of one per tensor.
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.01,
@@ -229,8 +231,11 @@ def measure_training(models: dict[str, nn.Module], batches: list[dict], args, vo
         scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
         runs.append({"name": name, "model": model, "optimizer": optimizer, "scaler": scaler,
                      "seconds": 0.0, "transient": 0})
+        warmup_started = time.perf_counter()
         for batch in batches[:args.warmup]:  # compilation, the allocator's caches, the optimizer state
             train_step(runs[-1], batch, args.device, args.precision)
+        synchronize(args.device)
+        runs[-1]["warmup_seconds"] = time.perf_counter() - warmup_started
     if dist.is_initialized():
         dist.barrier()  # DDP ranks start the clock together
     for batch in batches[args.warmup:]:
@@ -248,8 +253,31 @@ def measure_training(models: dict[str, nn.Module], batches: list[dict], args, vo
              "padding_efficiency": (src + tgt) / sum(s["positions"] for s in timed),
              "step_ms": 1000 * run["seconds"] / len(timed), "mfu": flops / run["seconds"] / peak if peak else None,
              "peak_memory_mb": (resident_bytes(run) + run["transient"]) / 2 ** 20 if args.device.type == "cuda"
-             else rss_mb}
+             else rss_mb, "warmup_s": run["warmup_seconds"]}
             for run in runs]
+
+
+def compile_regions(model: nn.Module) -> None:
+    """Regional compilation, as train.py does it: every encoder and decoder layer on its own, dynamic shapes."""
+    if isinstance(model, ours.Transformer):
+        compile_layers(model)
+    else:
+        for layer in [*model.transformer.encoder.layers, *model.transformer.decoder.layers]:
+            layer.compile(dynamic=True)
+
+
+def launch_latency_us(device: torch.device, launches: int = 2000) -> float:
+    """Microseconds per launch of a near-empty kernel (an in-place add to one number): the floor under every small
+    operation, which tells how launch-bound the machine is, so figures from different machines can be read."""
+    x = torch.zeros(1, device=device)
+    for _ in range(100):
+        x.add_(1)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(launches):
+        x.add_(1)
+    synchronize(device)
+    return 1e6 * (time.perf_counter() - start) / launches
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -303,7 +331,7 @@ def ddp_weak_scaling(train_ds, config, args) -> dict:
     """Two ranks on their own token-budget batches against one process on as many batches of the same shapes
     (rank 0's and rank 1's in turn). Efficiency = 2-rank tokens/s / (2 x 1-process tokens/s)."""
     count = args.warmup + args.steps
-    ranks = [[data.collate([train_ds[i] for i in b])
+    ranks = [[data.collate([train_ds[i] for i in b], TOKENIZE_LEN)
               for b in token_budget_batches(train_ds, args.max_tokens, count, rank, world_size=2)] for rank in (0, 1)]
     ddp = run_workers(2, ranks, config, args)
     single = run_workers(1, [[ranks[k % 2][k] for k in range(count)]], config, args)
@@ -331,11 +359,14 @@ def ratio_lines(args, rows: list[dict], decoding: dict, ddp: dict | None) -> lis
 def print_table(header: list[str], rows: list[dict], ratios: list[str], device: torch.device) -> None:
     memory = "peak mem" if device.type == "cuda" else "peak RSS"
     print("\n".join(header))
-    print(f"{'measurement':<32}{'tokens/s':>10}{'tgt tok/s':>11}{'pad eff':>9}{'step ms':>9}{'MFU':>8}{memory:>11}")
+    print(f"{'measurement':<32}{'tokens/s':>10}{'tgt tok/s':>11}{'pad eff':>9}{'step ms':>9}{'MFU':>8}{memory:>11}"
+          f"{'warmup s':>10}")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"{r['name']:<32}{r['tokens_per_s']:>10,.0f}{r['tgt_tokens_per_s']:>11,.0f}"
-              f"{100 * r['padding_efficiency']:>8.1f}%{r['step_ms']:>9.0f}{mfu:>8}{r['peak_memory_mb']:>8.0f} MB")
+              f"{100 * r['padding_efficiency']:>8.1f}%{r['step_ms']:>9.0f}{mfu:>8}{r['peak_memory_mb']:>8.0f} MB"
+              f"{r['warmup_s']:>10.1f}")
+    print("(warmup s: the untimed first steps, compilation included; step times exclude it)")
     if device.type != "cuda":
         print(f"({memory}: the process's maximum resident memory so far, so it can only grow down the table)")
     print("ratios: " + " ; ".join(ratios))
@@ -358,7 +389,7 @@ def main() -> None:
 
     count = args.warmup + args.steps
     budget_ids = token_budget_batches(train_ds, args.max_tokens, count)
-    budget = [data.collate([train_ds[i] for i in b]) for b in budget_ids]
+    budget = [data.collate([train_ds[i] for i in b], TOKENIZE_LEN) for b in budget_ids]
     sentences = [i for b in budget_ids for i in b]
     fixed = fixed_size_batches(train_ds, sentences, args.batch_size, args.seq_len, count)
     on_device = lambda batches: [{k: v.to(args.device) for k, v in b.items()} for b in batches]  # noqa: E731
@@ -371,7 +402,7 @@ def main() -> None:
     rows += measure_training({f"ours, padded to {args.seq_len}": build(ours.Transformer, config, args.device)},
                              on_device(fixed), args, tgt_vocab, peak)
     log(started, f"greedy decoding of {DECODE_SENTENCES} validation sentences, with and without the cache")
-    src = data.collate([valid_ds[i] for i in range(DECODE_SENTENCES)])["src"].to(args.device)
+    src = data.collate([valid_ds[i] for i in range(DECODE_SENTENCES)], TOKENIZE_LEN)["src"].to(args.device)
     decoding = decoding_speed(build(ours.Transformer, config, args.device), src, args.device, args.precision)
     ddp = None
     if not args.skip_ddp and args.device.type == "cpu":
@@ -382,8 +413,9 @@ def main() -> None:
                if args.device.type == "cpu" else "")
     header = [f"device {args.device}{threads} | preset {args.preset}: d_model {args.d_model}, d_ff {args.d_ff}, "
               f"{args.num_heads} heads, {args.num_layers}+{args.num_layers} layers, vocab {src_vocab}/{tgt_vocab} | "
-              f"precision {args.precision} | compile {'on' if args.compile else 'off'} | "
-              f"peak {peak / 1e12:.2f} TFLOP/s ({peak_source})",
+              f"precision {args.precision} | compile {'on, per layer' if args.compile else 'off'} | "
+              f"peak {peak / 1e12:.2f} TFLOP/s ({peak_source}) | launch latency {launch_latency_us(args.device):.1f} "
+              f"us per tiny kernel",
               f"{args.steps} timed steps after {args.warmup} warmup | token budget {args.max_tokens} "
               f"(~{len(sentences) / count:.0f} sentences/batch) | old way: {args.batch_size} sentences x "
               f"{args.seq_len}"]

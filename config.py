@@ -7,9 +7,12 @@ never drift apart. `validate` checks the values once, up front, on every rank.
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+
+from model import ModelConfig
 
 
 class UserError(Exception):
@@ -61,6 +64,9 @@ class Config:
     grad_accum_steps: int = _setting(1, "micro-steps per optimizer step; gradients are all-reduced on the last only")
     num_epochs: int = _setting(4, "passes over the training split")
     max_steps: int | None = _setting(None, "stop after this many optimizer steps (whichever comes first with epochs)")
+    max_time: str | None = _setting(None, "wall-clock budget of training, e.g. 14m, 2h, 1d6h, 90s or seconds: the "
+                                          "run stops after the step at which it runs out (time before a resume "
+                                          "counts), then validates, averages and scores the test split as usual")
     lr: float = _setting(1e-3, "peak learning rate, reached after warmup")
     lr_schedule: str = _setting("inverse_sqrt", "decay after warmup", choices=("inverse_sqrt", "cosine"))
     warmup_steps: int = _setting(300, "linear warmup steps")
@@ -150,6 +156,25 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return Config(**vars(build_parser().parse_args(argv)))
 
 
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '14m', '2h', '1d6h', '1h30m', '90s' or a plain number of seconds; ValueError otherwise."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+
+
+def max_time_seconds(cfg: "Config") -> float:
+    """--max_time in seconds; infinite when unset."""
+    return math.inf if cfg.max_time is None else parse_duration(cfg.max_time)
+
+
 def _check(condition: bool, flag: str, message: str) -> None:
     if not condition:
         raise UserError(f"--{flag}: {message}")
@@ -163,6 +188,13 @@ def validate(cfg: Config) -> None:
     for name in ("valid_size", "test_size", "warmup_steps"):
         _check(getattr(cfg, name) >= 0, name, f"must be zero or positive, got {getattr(cfg, name)}")
     _check(cfg.max_steps is None or cfg.max_steps > 0, "max_steps", f"must be positive, got {cfg.max_steps}")
+    if cfg.max_time is not None:
+        try:
+            seconds = parse_duration(cfg.max_time)
+        except ValueError:
+            seconds = None
+        _check(seconds is not None and seconds > 0, "max_time",
+               f"expected a positive duration such as 14m, 2h, 1d6h, 90s or a number of seconds, got {cfg.max_time!r}")
     _check(cfg.max_tokens is None or cfg.max_tokens >= cfg.seq_len, "max_tokens",
            f"must be at least --seq_len ({cfg.seq_len}) so that every kept pair fits a batch, got {cfg.max_tokens}")
     _check(cfg.num_workers is None or cfg.num_workers >= 0, "num_workers",
@@ -234,3 +266,12 @@ def sized_for_corpus(cfg: Config, train_pairs: int | None) -> tuple[Config, str]
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def model_config(cfg: Config, src_vocab_size: int, tgt_vocab_size: int, pad_id: int,
+                 dropout: float | None = None) -> ModelConfig:
+    """The network the settings describe, for these vocabularies (dropout overridden for inference)."""
+    return ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=cfg.d_model,
+                       num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
+                       dropout=cfg.dropout if dropout is None else dropout, max_len=cfg.seq_len, pad_id=pad_id,
+                       tie_embeddings=cfg.tie_embeddings, share_embeddings=cfg.share_vocab)

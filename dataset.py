@@ -9,6 +9,8 @@ import glob
 import itertools
 import os
 import random
+import re
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -111,8 +113,53 @@ def split_pairs(pairs: Pairs, valid_size: int, test_size: int) -> dict[str, Pair
             (("train", train), ("validation", valid), ("test", test))}
 
 
-def load_corpus(cfg: Config) -> dict[str, Pairs]:
-    """{"train", "validation", "test"} lists of (source, target) pairs for the configured languages."""
+LENGTH_RATIO_LIMIT = 4.0  # characters of the longer side / the shorter, past which a pair is taken as misaligned
+LENGTH_RATIO_MIN_CHARS = 30  # short pairs ("OK" -> "Va bene") vary too much to judge by their ratio
+
+
+def _normalized(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _implausible_ratio(source: str, target: str) -> bool:
+    short, long = sorted((len(source.strip()), len(target.strip())))
+    return long >= LENGTH_RATIO_MIN_CHARS and long > LENGTH_RATIO_LIMIT * max(short, 1)
+
+
+def clean_pairs(pairs: Pairs) -> tuple[Pairs, dict[str, int]]:
+    """Real corpora are dirty: both sides NFC-normalized (the same word has one byte form), and pairs with an empty
+    side, an implausible length ratio or seen before dropped. Untranslated pairs (target = source: names, codes,
+    format strings) are counted but kept: real corpora hold many that are right, and the model must learn to copy."""
+    kept, seen = [], set()
+    counts = {"read": len(pairs), "normalized": 0, "empty": 0, "length_ratio": 0, "duplicate": 0, "untranslated": 0}
+    for source, target in pairs:
+        pair = (_normalized(source), _normalized(target))
+        counts["normalized"] += pair != (source, target)
+        if not pair[0].strip() or not pair[1].strip():
+            counts["empty"] += 1
+        elif _implausible_ratio(*pair):
+            counts["length_ratio"] += 1
+        elif pair in seen:
+            counts["duplicate"] += 1
+        else:
+            seen.add(pair)
+            counts["untranslated"] += pair[0].strip() == pair[1].strip()
+            kept.append(pair)
+    return kept, counts
+
+
+def cleaning_summary(counts: dict[str, int]) -> str:
+    return (f"corpus cleaning: {counts['read']:,} pairs read, {counts['normalized']:,} NFC-normalized; dropped "
+            f"{counts['empty']:,} with an empty side, {counts['length_ratio']:,} with a length ratio over "
+            f"{LENGTH_RATIO_LIMIT:g}, {counts['duplicate']:,} duplicates, {counts['held_out']:,} training pairs whose "
+            f"source is in the validation or test split; kept {counts['untranslated']:,} untranslated "
+            f"(target = source)")
+
+
+def load_corpus(cfg: Config, report=None) -> dict[str, Pairs]:
+    """{"train", "validation", "test"} lists of (source, target) pairs for the configured languages, cleaned by
+    `clean_pairs`; training pairs whose source is held out are dropped, so no held-out sentence is trained on.
+    `report(line)` receives the cleaning summary."""
     if cfg.streaming:
         return _load_stream(cfg)
     if cfg.dataset == "builtin" and not cfg.data_files:
@@ -125,14 +172,26 @@ def load_corpus(cfg: Config) -> dict[str, Pairs]:
         raise UserError(f"--dataset: the corpus has no 'train' split (it has: {', '.join(sorted(splits))})")
     corpus = {name: _pairs_from_examples(examples, name, cfg.lang_src, cfg.lang_tgt)
               for name, examples in splits.items() if name in ("train", "validation", "test")}
+    counts = {}
+    for name in list(corpus):
+        corpus[name], split_counts = clean_pairs(corpus[name])
+        counts = {key: counts.get(key, 0) + value for key, value in split_counts.items()}
     if not corpus["train"]:
         raise UserError("--dataset/--data_files: the corpus is empty (no training pairs)")
     missing = [name for name in ("validation", "test") if name not in corpus]
-    if missing:
+    if missing:  # held out after de-duplication: no held-out pair is also a training pair
         held_out = split_pairs(corpus["train"], cfg.valid_size if "validation" in missing else 0,
                                cfg.test_size if "test" in missing else 0)
         corpus = {"train": held_out["train"], **{name: corpus.get(name, held_out[name])
                                                  for name in ("validation", "test")}}
+    held_out_sources = {source for name in ("validation", "test") for source, _ in corpus[name]}
+    training = len(corpus["train"])
+    corpus["train"] = [pair for pair in corpus["train"] if pair[0] not in held_out_sources]
+    counts["held_out"] = training - len(corpus["train"])
+    if report is not None:
+        report(cleaning_summary(counts))
+    if not corpus["train"]:
+        raise UserError("--dataset/--data_files: no training pair left once the held-out sources are removed")
     if not corpus["validation"]:
         raise UserError("--valid_size: the validation split is empty; hold out at least one pair")
     return corpus
@@ -184,16 +243,34 @@ def held_out_pairs(corpus: dict) -> set[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------------------------- tokenizers
 
+# Placeholders that programs fill in (printf's %s, %-5d, %(name)s, %%; {0}, {name}) are cut out whole, before the
+# usual byte-level split, which would cut "%s" into "%" + "s" and glue "%" to the character before it: real corpora
+# copy them from source to target, and a wrong one crashes the program that prints the translation.
+PLACEHOLDER = r"%(?:\([A-Za-z_][A-Za-z0-9_]*\))?[-+#0*]*\d*(?:\.\d+)?(?:hh|ll|[hlLqjzt])?[diouxXeEfFgGcrsaAp%]" \
+              r"|\{[A-Za-z0-9_.]*\}"
+# GPT-2's split (ByteLevel's own regex): contractions, letters, digits, other symbols, spaces.
+WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}%{]+| ?[%{]|\s+(?!\S)|\s+"
+
+
+def placeholders(text: str) -> list[str]:
+    """The placeholders of a sentence, in order."""
+    return re.findall(PLACEHOLDER, text)
+
+
 def train_tokenizer(sentences: list[str], vocab_size: int):
-    """Byte-level BPE: every string survives decode(encode(text)) == text, whatever its characters."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE: every string survives decode(encode(text)) == text, whatever its characters; placeholders
+    are never split, and "[UNK]" or "[EOS]" written in a sentence is text, not a control token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(f" ?(?:{PLACEHOLDER})|{WORD_SPLIT}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(sentences, trainer=trainer)
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 
@@ -252,7 +329,9 @@ def save_tokenizers(cfg: Config, src_json: str, tgt_json: str) -> None:
 def tokenizer_from_json(text: str):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(text)
+    tokenizer = Tokenizer.from_str(text)
+    tokenizer.encode_special_tokens = True  # not saved in the JSON: literal "[EOS]" in a sentence stays text
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------------------------- tokenized data
@@ -262,7 +341,8 @@ class TranslationDataset(Dataset):
 
     Source: tokens + EOS. Target: BOS + tokens + EOS, split by `collate` into decoder input and labels."""
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]]):
+    def __init__(self, src: list[list[int]], tgt: list[list[int]], max_len: int):
+        self.max_len = max_len  # --seq_len: no sentence is longer; batches are padded to at most this
         self.src_lengths = torch.tensor([len(s) for s in src], dtype=torch.int64)
         self.tgt_lengths = torch.tensor([len(t) for t in tgt], dtype=torch.int64)
         self.src_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.src_lengths.cumsum(0)])
@@ -300,13 +380,32 @@ def tokenize_pairs(pairs: Pairs, src_tokenizer, tgt_tokenizer, seq_len: int) -> 
             src.append(s + [EOS_ID])
             tgt.append([BOS_ID] + t + [EOS_ID])
             kept.append(i)
-    return Tokenized(TranslationDataset(src, tgt), kept, too_long, empty)
+    return Tokenized(TranslationDataset(src, tgt, seq_len), kept, too_long, empty)
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sentence of this batch (not to a fixed length)."""
-    src_len = max(len(s) for s, _ in batch)
-    tgt_len = max(len(t) for _, t in batch) - 1
+def padded_length(length: int, max_len: int) -> int:
+    """The width a batch whose longest sentence has `length` tokens is padded to: a small fixed set of widths
+    (even numbers up to 32, multiples of 8 up to 128, of 32 up to 512, then of 128), never over `max_len`
+    (--seq_len): 28 widths up to 128. A run then sees few distinct shapes (compiled graphs and CUDA graphs are per
+    shape) while padding stays small: short sentences, the most common, get fine steps."""
+    step = 2 if length <= 32 else 8 if length <= 128 else 32 if length <= 512 else 128
+    return min(-(-length // step) * step, max(max_len, length))
+
+
+def batch_count(count: int) -> int:
+    """The sentence count of a token-budget batch, rounded down to a small fixed set: 1-8, then four values per
+    octave (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...). At most a fifth of a batch's budget goes unused; the
+    sentences left out start the next batch."""
+    if count <= 8:
+        return count
+    octave = 1 << (count.bit_length() - 3)  # count // octave is in 4..7
+    return count // octave * octave
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], max_len: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence of this batch (not to a fixed length), rounded up by `padded_length`."""
+    src_len = padded_length(max(len(s) for s, _ in batch), max_len)
+    tgt_len = padded_length(max(len(t) for _, t in batch) - 1, max_len)
     src = torch.full((len(batch), src_len), PAD_ID, dtype=torch.long)
     tgt_in = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
     tgt_out = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
@@ -340,10 +439,11 @@ class DistributedBatchSampler(Sampler[list[int]]):
     GROUPING_WINDOW_BATCHES = 50
 
     def __init__(self, num_examples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 lengths: torch.Tensor | None = None, max_tokens: int | None = None):
+                 lengths: torch.Tensor | None = None, max_tokens: int | None = None, max_len: int = 128):
         if max_tokens is not None and lengths is None:
             raise ValueError("max_tokens needs the example lengths")
         self.num_examples, self.batch_size, self.max_tokens = num_examples, batch_size, max_tokens
+        self.max_len = max_len  # --seq_len: batches are padded to `padded_length(longest, max_len)`
         self.rank, self.world_size = rank, world_size
         self.seed, self.lengths = seed, lengths
         self.epoch, self.start_sample = 0, 0
@@ -371,19 +471,22 @@ class DistributedBatchSampler(Sampler[list[int]]):
         return torch.cat(grouped).tolist()
 
     def _token_budget_batches(self, order: list[int]) -> list[list[int]]:
-        """Greedy consecutive cuts: a batch grows while (sentences + 1) x longest stays within max_tokens. A
-        sentence longer than the budget on its own still gets a batch (validation keeps max_tokens >= seq_len)."""
+        """Greedy consecutive cuts: a batch grows while its padded size, sentences x `padded_length` of the
+        longest, stays within max_tokens; its sentence count is then rounded down by `batch_count` and the rest
+        start the next batch. A sentence longer than the budget on its own still gets a batch (validation keeps
+        max_tokens >= seq_len)."""
         lengths = self.lengths.tolist()
-        batches, current, longest = [], [], 0
-        for i in order:
-            longer = max(longest, lengths[i])
-            if current and (len(current) + 1) * longer > self.max_tokens:
-                batches.append(current)
-                current, longer = [], lengths[i]
-            current.append(i)
-            longest = longer
-        if current:
-            batches.append(current)
+        batches, start = [], 0
+        while start < len(order):
+            end, longest = start + 1, lengths[order[start]]
+            while end < len(order):
+                longer = max(longest, lengths[order[end]])
+                if (end - start + 1) * padded_length(longer, self.max_len) > self.max_tokens:
+                    break
+                end, longest = end + 1, longer
+            end = start + batch_count(end - start)
+            batches.append(order[start:end])
+            start = end
         return batches
 
     def _plan(self) -> tuple[list[list[list[int]]], list[int]]:
@@ -550,7 +653,7 @@ class StreamBatches:
             self.pending = self._grouped_batches()
         if not self.pending:
             return None
-        return collate([(torch.tensor(src), torch.tensor(tgt)) for src, tgt in self.pending.pop()])
+        return collate([(torch.tensor(src), torch.tensor(tgt)) for src, tgt in self.pending.pop()], self.cfg.seq_len)
 
 
 def shard_for_rank(num_examples: int, rank: int, world_size: int) -> list[int]:

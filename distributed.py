@@ -138,6 +138,33 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+class LateAgreement:
+    """Flags raised on any rank (a stop signal, a spent time budget), agreed by every rank one step late without
+    waiting: each call starts an all-reduce (MAX, on the CPU gloo group) of this rank's flags and returns the
+    result of the previous call's, which has long arrived. Every rank gets the same answer at the same step; a
+    flag must stay raised once raised. In one process the flags come back at once."""
+
+    def __init__(self):
+        self.pending = None
+
+    def __call__(self, flags: list[bool]) -> list[bool]:
+        if not is_distributed():
+            return flags
+        mine = torch.tensor([float(flag) for flag in flags])
+        work = dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=_cpu_group, async_op=True)
+        previous, self.pending = self.pending, (work, mine)
+        if previous is None:
+            return [False] * len(flags)
+        previous[0].wait()
+        return [value > 0 for value in previous[1].tolist()]
+
+    def close(self) -> None:
+        """Wait for the last all-reduce: none may be left in flight when the process group goes."""
+        if self.pending is not None:
+            self.pending[0].wait()
+            self.pending = None
+
+
 def broadcast_from_main(obj):
     """Rank 0's `obj` on every rank (any picklable object)."""
     if not is_distributed():

@@ -4,12 +4,13 @@ Each rank works on its own shard through the unwrapped model (never a DDP forwar
 (loss) and one gather (translations) bring the results together; rank 0 scores BLEU and chrF on detokenized text.
 """
 
+import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from dataset import BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, shard_for_rank
+from dataset import BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, placeholders, shard_for_rank
 from distributed import DistInfo, dist_sum, gather_to_main
 
 
@@ -21,6 +22,7 @@ class EvalResult:
     chrf: float | None = None
     bleu_signature: str = ""
     samples: list[tuple[str, str, str]] | None = None  # (source, reference, hypothesis)
+    placeholder_match: float | None = None  # rank 0 only; None when no reference keeps its source's placeholders
 
 
 def _length_sorted_batches(dataset: TranslationDataset, indices: list[int], batch_size: int):
@@ -28,7 +30,7 @@ def _length_sorted_batches(dataset: TranslationDataset, indices: list[int], batc
     ordered = sorted(indices, key=lambda i: int(dataset.src_lengths[i]))
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start:start + batch_size]
-        yield chunk, collate([dataset[i] for i in chunk])
+        yield chunk, collate([dataset[i] for i in chunk], dataset.max_len)
 
 
 @torch.no_grad()
@@ -49,18 +51,20 @@ def validation_loss(model, dataset: TranslationDataset, dist_info: DistInfo, bat
     return loss_sum / max(tokens, 1), int(tokens)
 
 
-def max_output_length(src_length: int) -> int:
-    """Translations are cut at twice the source length plus a margin: an untrained model never loops for long."""
+def max_output_length(src_length):
+    """Translations are cut at twice the source length plus a margin: an untrained model never loops for long.
+    Works on a number or on a tensor of lengths."""
     return 2 * src_length + 10
 
 
 def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: float = 1.0) -> torch.Tensor:
-    """Translations of a padded source batch as token ids: greedy for beam size 1, else beam search; outputs may be
-    at most twice as long as the source plus a margin."""
+    """Translations of a padded source batch as token ids: greedy for beam size 1, else beam search; each output
+    may be at most twice as long as its own source (not the batch's padded width) plus a margin."""
+    limits = max_output_length((src != PAD_ID).sum(dim=1))
     max_new_tokens = max_output_length(src.shape[1])
     if beam_size == 1:
-        return model.greedy_decode(src, BOS_ID, EOS_ID, max_new_tokens)
-    return model.beam_search(src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty)
+        return model.greedy_decode(src, BOS_ID, EOS_ID, max_new_tokens, max_lengths=limits)
+    return model.beam_search(src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty, max_lengths=limits)
 
 
 @torch.no_grad()
@@ -88,13 +92,31 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> tuple[float, 
     return bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature())
 
 
+def placeholder_match_rate(sources: list[str], references: list[str], hypotheses: list[str]) -> float | None:
+    """Of the sentences whose reference keeps exactly its source's placeholders (%s, %(name)d, {0}, ...), the
+    share whose translation keeps them too (as a multiset: their order may change between languages). BLEU hides
+    a broken placeholder; the program that prints the translation does not."""
+    kept = [(sorted(placeholders(ref)), sorted(placeholders(hyp))) for src, ref, hyp in
+            zip(sources, references, hypotheses) if placeholders(src) and sorted(placeholders(src)) ==
+            sorted(placeholders(ref))]
+    return sum(ref == hyp for ref, hyp in kept) / len(kept) if kept else None
+
+
+def scored_sample(num_examples: int, max_sentences: int) -> list[int]:
+    """The examples translated for BLEU: all, or a fixed random sample of `max_sentences` (the first ones of a
+    file sorted by, say, the alphabet would be a biased sample), the same at every evaluation and on every rank."""
+    if max_sentences >= num_examples:
+        return list(range(num_examples))
+    return sorted(random.Random(0).sample(range(num_examples), max_sentences))
+
+
 def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], kept: list[int], tgt_tokenizer,
              dist_info: DistInfo, batch_size: int, max_sentences: int, autocast, num_samples: int = 3,
              beam_size: int = 1, length_penalty: float = 1.0) -> EvalResult:
     """Collective: every rank must call it. `pairs[kept[i]]` is the text of dataset example i."""
     loss, tokens = validation_loss(model, dataset, dist_info, batch_size, autocast)
-    scored = min(max_sentences, len(dataset))
-    mine = shard_for_rank(scored, dist_info.rank, dist_info.world_size)
+    sample = scored_sample(len(dataset), max_sentences)
+    mine = [sample[i] for i in shard_for_rank(len(sample), dist_info.rank, dist_info.world_size)]
     hypotheses = translate_examples(model, dataset, mine, tgt_tokenizer, batch_size, dist_info.device, autocast,
                                     beam_size, length_penalty)
     gathered = gather_to_main(hypotheses)
@@ -102,8 +124,10 @@ def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], k
     if gathered is None:
         return result
     merged = {i: text for shard in gathered for i, text in shard.items()}
-    hyps = [merged[i] for i in range(scored)]
-    refs = [pairs[kept[i]][1] for i in range(scored)]
+    hyps = [merged[i] for i in sample]
+    refs = [pairs[kept[i]][1] for i in sample]
+    sources = [pairs[kept[i]][0] for i in sample]
     result.bleu, result.chrf, result.bleu_signature, _ = corpus_scores(hyps, refs)
-    result.samples = [(pairs[kept[i]][0], refs[i], hyps[i]) for i in range(min(num_samples, scored))]
+    result.placeholder_match = placeholder_match_rate(sources, refs, hyps)
+    result.samples = list(zip(sources, refs, hyps))[:num_samples]
     return result

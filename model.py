@@ -27,6 +27,9 @@ class ModelConfig:
     share_embeddings: bool = False  # one vocabulary for both languages: the encoder uses the decoder's embedding
 
 
+FINISHED_CHECK_EVERY = 8  # decoding steps between host reads of "has every sentence ended?"
+
+
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
@@ -58,7 +61,8 @@ class Attention(nn.Module):
 
     def forward(self, x, memory=None, mask=None, is_causal=False, cache=None):
         """`mask` is boolean, True where a query may attend. `cache` (decoding only) is a dict that keeps
-        this layer's keys/values: the projected memory for cross-attention, the growing prefix for self-attention."""
+        this layer's keys/values: the projected memory for cross-attention; for self-attention, buffers of
+        `cache["capacity"]` positions allocated once, filled one position per call (`cache["length"]` so far)."""
         q = self._heads(self.q_proj(x))
         if cache is None:
             k, v = self.project_kv(memory if self.cross else x)
@@ -67,10 +71,15 @@ class Attention(nn.Module):
                 cache["k"], cache["v"] = self.project_kv(memory)
             k, v = cache["k"], cache["v"]
         else:
-            k, v = self.project_kv(x)
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k_new, v_new = self.project_kv(x)
+            if "k" not in cache:
+                shape = (*k_new.shape[:2], cache["capacity"], k_new.shape[3])
+                cache["k"], cache["v"] = k_new.new_zeros(shape), v_new.new_zeros(shape)
+                cache["length"] = 0
+            start, end = cache["length"], cache["length"] + k_new.shape[2]
+            cache["k"][:, :, start:end], cache["v"][:, :, start:end] = k_new, v_new
+            cache["length"] = end
+            k, v = cache["k"][:, :, :end], cache["v"][:, :, :end]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         b, h, length, dh = y.shape
@@ -180,78 +189,111 @@ class Transformer(nn.Module):
         src_mask = self.source_mask(src)
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
 
+    def _decoding_caches(self, capacity: int) -> list[dict]:
+        return [{"self": {"capacity": capacity}, "cross": {}} for _ in self.decoder_layers]
+
+    @staticmethod
+    def _length_limits(src_mask: torch.Tensor, max_new_tokens: int, max_lengths: torch.Tensor | None):
+        """Each sentence's own output limit (at most `max_new_tokens`): a translation never depends on the length
+        of its batch mates."""
+        limit = torch.full((src_mask.shape[0],), max_new_tokens, device=src_mask.device)
+        return limit if max_lengths is None else torch.minimum(max_lengths.to(limit.device), limit)
+
     @torch.no_grad()
     def greedy_decode(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int,
-                      use_cache: bool = True) -> torch.Tensor:
-        """Greedy translation of a batch: (B, <=max_new_tokens) token ids, EOS and what follows it set to pad."""
+                      use_cache: bool = True, max_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy translation of a batch: (B, <=max_new_tokens) token ids, EOS and what follows it set to pad.
+        `max_lengths` (B,) caps each sentence's output. The host reads whether every sentence has ended only every
+        FINISHED_CHECK_EVERY tokens: on a GPU each read waits for the whole queue."""
         max_new_tokens = min(max_new_tokens, self.config.max_len)
         src_mask = self.source_mask(src)
         memory = self.encode(src, src_mask)
-        batch = src.shape[0]
-        tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=src.device)
+        batch, pad = src.shape[0], self.config.pad_id
+        limits = self._length_limits(src_mask, max_new_tokens, max_lengths)
+        tokens = torch.full((batch, max_new_tokens + 1), pad, dtype=torch.long, device=src.device)
+        tokens[:, 0] = bos_id
         finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-        caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers] if use_cache else None
+        caches = self._decoding_caches(max_new_tokens) if use_cache else None
+        steps = 0
         for step in range(max_new_tokens):
             if use_cache:
-                logits = self.decode(tokens[:, -1:], memory, src_mask, caches, offset=step)
+                logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             else:
-                logits = self.decode(tokens, memory, src_mask)
-            next_token = logits[:, -1].argmax(dim=-1)
-            next_token = next_token.masked_fill(finished, self.config.pad_id)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            finished |= next_token == eos_id
-            if bool(finished.all()):
+                logits = self.decode(tokens[:, :step + 1], memory, src_mask)
+            next_token = logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+            tokens[:, step + 1] = next_token
+            finished = finished | (next_token == eos_id) | (step + 1 >= limits)
+            steps = step + 1
+            if steps % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
                 break
-        out = tokens[:, 1:]
-        return out.masked_fill((out == eos_id).cumsum(dim=1) > 0, self.config.pad_id)
+        return self._trimmed(tokens[:, 1:steps + 1], eos_id)
 
+    def _trimmed(self, out: torch.Tensor, eos_id: int) -> torch.Tensor:
+        """EOS and what follows it set to pad, and the columns that hold only padding cut off (one host read)."""
+        out = out.masked_fill((out == eos_id).cumsum(dim=1) > 0, self.config.pad_id)
+        width = int((out != self.config.pad_id).sum(dim=1).max()) if out.numel() else 0
+        return out[:, :max(width, 1)] if out.shape[1] else out
 
     @torch.no_grad()
     def beam_search(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int, beam_size: int = 4,
-                    length_penalty: float = 1.0) -> torch.Tensor:
+                    length_penalty: float = 1.0, max_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Beam search over a batch, with the key/value cache: (B, <=max_new_tokens) token ids of each sentence's
         best hypothesis, EOS and what follows it set to pad.
 
         Beams are ranked by their summed log-probability; a beam that emitted EOS keeps its score and its slot,
         and the search stops when every beam has ended. The winner maximises score / length ** length_penalty
         (length counts the EOS): 0 compares raw sums, which favour short outputs; larger values favour longer ones.
-        Beam size 1 is greedy decoding."""
+        A hypothesis cut off at its sentence's length limit (`max_lengths`, at most `max_new_tokens`) without EOS
+        wins only when no beam of its sentence ended with EOS: a loop that never ends must not beat a finished
+        translation. Beam size 1 is greedy decoding."""
         max_new_tokens = min(max_new_tokens, self.config.max_len)
         batch, k, pad = src.shape[0], beam_size, self.config.pad_id
         src = src.repeat_interleave(k, dim=0)  # (B*K, S): every beam of a sentence sees its source
         src_mask = self.source_mask(src)
         memory = self.encode(src, src_mask)
+        limits = self._length_limits(src_mask, max_new_tokens,
+                                     None if max_lengths is None else max_lengths.repeat_interleave(k))
         scores = torch.full((batch, k), float("-inf"), device=src.device)
         scores[:, 0] = 0.0  # one live beam at first, so the K beams do not start as K copies
-        tokens = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=src.device)
+        tokens = torch.full((batch * k, max_new_tokens + 1), pad, dtype=torch.long, device=src.device)
+        tokens[:, 0] = bos_id
         finished = torch.zeros(batch * k, dtype=torch.bool, device=src.device)
+        ended_by_eos = torch.zeros(batch * k, dtype=torch.bool, device=src.device)
         lengths = torch.zeros(batch * k, device=src.device)
-        caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers]
+        caches = self._decoding_caches(max_new_tokens)
         offsets = torch.arange(batch, device=src.device)[:, None] * k
+        steps = 0
         for step in range(max_new_tokens):
-            logits = self.decode(tokens[:, -1:], memory, src_mask, caches, offset=step)
+            logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
-            # An ended beam continues with padding at no cost: its score stays as it was.
-            log_probs[finished] = float("-inf")
-            log_probs[finished, pad] = 0.0
+            # An ended beam continues with padding at no cost: its score stays as it was (torch.where, not masked
+            # assignment, which would wait for the device to count the ended beams).
             vocab = log_probs.shape[-1]
+            padding_only = torch.full((vocab,), float("-inf"), device=src.device)
+            padding_only[pad] = 0.0
+            log_probs = torch.where(finished[:, None], padding_only, log_probs)
             candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
             scores, best = candidates.topk(k, dim=-1)
             source_beam = (offsets + best // vocab).view(-1)
             next_token = (best % vocab).view(-1)
-            tokens = torch.cat([tokens[source_beam], next_token[:, None]], dim=1)
-            finished, lengths = finished[source_beam], lengths[source_beam]
+            tokens = tokens[source_beam]
+            tokens[:, step + 1] = next_token
+            finished, ended_by_eos, lengths = finished[source_beam], ended_by_eos[source_beam], lengths[source_beam]
             lengths = lengths + (~finished).float()
-            finished = finished | (next_token == eos_id)
+            ended_by_eos = ended_by_eos | (~finished & (next_token == eos_id))
+            finished = finished | (next_token == eos_id) | (step + 1 >= limits)
             for cache in caches:  # cross-attention caches are the same for every beam of a sentence
-                cache["self"]["k"] = cache["self"]["k"][source_beam]
-                cache["self"]["v"] = cache["self"]["v"][source_beam]
-            if bool(finished.all()):
+                self_cache = cache["self"]
+                self_cache["k"][:, :, :step + 1] = self_cache["k"][source_beam, :, :step + 1]
+                self_cache["v"][:, :, :step + 1] = self_cache["v"][source_beam, :, :step + 1]
+            steps = step + 1
+            if steps % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
                 break
         normalised = scores / lengths.view(batch, k).clamp(min=1) ** length_penalty
-        winner = (offsets[:, 0] + normalised.argmax(dim=-1))
-        out = tokens[winner, 1:]
-        return out.masked_fill((out == eos_id).cumsum(dim=1) > 0, pad)
+        eos_ended = ended_by_eos.view(batch, k)
+        normalised = normalised.masked_fill(~eos_ended & eos_ended.any(dim=1, keepdim=True), float("-inf"))
+        winner = offsets[:, 0] + normalised.argmax(dim=-1)
+        return self._trimmed(tokens[winner, 1:steps + 1], eos_id)
 
     @torch.no_grad()
     def sequence_log_prob(self, src: torch.Tensor, hypotheses: torch.Tensor, bos_id: int, eos_id: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import runtime
 from config import Config, UserError
 from model import Transformer
 
@@ -56,9 +57,12 @@ def shard(raw_model: Transformer, cfg: Config, precision: str, device: torch.dev
 
 def wrap(raw_model: torch.nn.Module, cfg: Config, world_size: int, device: torch.device,
          compile_model: bool) -> torch.nn.Module:
-    """The module the training step calls: torch.compile (when on), then DDP over several ranks for --strategy ddp
-    (FSDP's hooks are on `raw_model` itself). `raw_model` stays what is evaluated."""
-    model = torch.compile(raw_model) if compile_model else raw_model
+    """The module the training step calls: `raw_model` with its layers compiled in place (when on), then DDP over
+    several ranks for --strategy ddp (FSDP's hooks are on `raw_model` itself). `raw_model` stays what is evaluated
+    and checkpointed (its parameter names do not change)."""
+    if compile_model:
+        runtime.compile_layers(raw_model)
+    model = raw_model
     if cfg.strategy == "ddp" and world_size > 1:
         # No buffer to broadcast each forward (the position table is a constant), gradients reduced straight
         # from their bucket views, and a static graph (every step uses every parameter the same way) unless

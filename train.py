@@ -8,7 +8,7 @@ Reads top to bottom: config -> distributed setup -> data -> model -> optimizer -
 Global rank 0 alone writes to --model_folder (tokenizers, checkpoints, metrics.jsonl, W&B).
 """
 
-import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -29,12 +29,14 @@ import checkpoint
 import dataset as data
 import parallel
 import perf
-from config import Config, UserError, parse_config, sized_for_corpus, to_dict, validate
-from distributed import (DistInfo, all_reduce_sum_, any_rank, barrier, broadcast_from_main, destroy_distributed,
-                         dist_max, dist_sum, gather_to_main, init_distributed, main_first, raise_if_any_failed,
-                         run_on_main)
+import runtime
+from config import (Config, UserError, max_time_seconds, model_config, parse_config, sized_for_corpus, to_dict,
+                    validate)
+from distributed import (DistInfo, LateAgreement, all_reduce_sum_, any_rank, barrier, broadcast_from_main,
+                         destroy_distributed, dist_max, dist_sum, gather_to_main, init_distributed, main_first,
+                         raise_if_any_failed, run_on_main)
 from evaluation import evaluate
-from model import ModelConfig, Transformer, count_parameters
+from model import Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
 
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
@@ -42,36 +44,10 @@ ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_h
                          "share_vocab")
 
 
-def model_config(cfg: Config, src_vocab_size: int, tgt_vocab_size: int, dropout: float | None = None) -> ModelConfig:
-    return ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=cfg.d_model,
-                       num_heads=cfg.num_heads, num_layers=cfg.num_layers, d_ff=cfg.d_ff,
-                       dropout=cfg.dropout if dropout is None else dropout, max_len=cfg.seq_len, pad_id=data.PAD_ID,
-                       tie_embeddings=cfg.tie_embeddings, share_embeddings=cfg.share_vocab)
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on P4000/V100-class GPUs
-    if requested == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA GPU: use fp32 or bf16 on a CPU")
-    return requested
-
-
-def make_autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def use_compile(cfg: Config, info: DistInfo) -> bool:
-    return cfg.compile if cfg.compile is not None else info.device.type == "cuda"
-
-
-def lr_multiplier(cfg: Config, total_steps: int):
-    """Linear warmup to --lr, then inverse square root or cosine decay; a function of optimizer steps done."""
+def lr_multiplier(cfg: Config, total_steps: int | float, budget_used=lambda: 0.0):
+    """Linear warmup to --lr, then inverse square root or cosine decay; a function of optimizer steps done. The
+    cosine follows whichever is further along: the steps (of --max_steps / --num_epochs) or the fraction of
+    --max_time spent (`budget_used()`), so a run ended by time still ends at a small learning rate."""
     warmup = max(cfg.warmup_steps, 1)
 
     def multiplier(steps_done: int) -> float:
@@ -80,7 +56,8 @@ def lr_multiplier(cfg: Config, total_steps: int):
             return step / warmup
         if cfg.lr_schedule == "inverse_sqrt":
             return math.sqrt(warmup / step)
-        progress = min((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), 1.0)
+        by_steps = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+        progress = min(max(by_steps, budget_used()), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier
@@ -227,21 +204,52 @@ class Window:
     def new(device: torch.device) -> "Window":
         return Window(torch.zeros((), device=device), torch.zeros((), device=device), start=time.perf_counter())
 
+    def add(self, micro_batches: list[dict], result: StepResult, cfg: Config, tgt_vocab_size: int) -> None:
+        self.loss_sum += result.loss_sum
+        self.tokens += result.tokens
+        for batch in micro_batches:  # CPU tensors: counted without waiting for the device
+            shape = perf.StepShape.of_padded(batch["src"], batch["tgt_out"], data.PAD_ID)
+            self.real_tokens += shape.src_tokens + shape.tgt_tokens
+            self.padded_positions += batch["src"].numel() + batch["tgt_out"].numel()
+            self.flops += perf.training_flops(shape, cfg.d_model, cfg.d_ff, cfg.num_layers, tgt_vocab_size)
+        self.steps += 1
+
 
 def train(cfg: Config, info: DistInfo) -> None:
+    """The whole run, in phases: setup, data, model, resume, loop, finish."""
+    started = time.perf_counter()
     say = tqdm.write if info.is_main else (lambda *_: None)
     parallel.check_strategy(cfg)
-    precision = resolve_precision(cfg.precision, info.device)
+    precision = runtime.resolve_precision(cfg.precision, info.device)
     if precision == "fp16" and cfg.strategy == "fsdp":  # --precision auto on a GPU without bf16
         precision = "fp32"
-    autocast = make_autocast(precision, info.device)
+    runtime.enable_tf32(info.device)
     say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
-    if info.device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    cfg, corpus = load_data(cfg, info, say)
+    parts = build_model(cfg, info, corpus, precision, say)
+    state = resume(cfg, info, corpus, parts, say)
+    run = Run(cfg, info, corpus, parts, state, runtime.make_autocast(precision, info.device), started, say)
+    stopping = run.loop()
+    run.finish(stopping)
 
-    # ---- data: rank 0 loads first (hub downloads land in the cache once), then the others read it
-    corpus = main_first(lambda: data.load_corpus(cfg))  # with --streaming, "train" is a stream read lazily
+
+@dataclass
+class Corpus:
+    """The data of a run: texts, tokenizers, the tokenized validation split and this rank's training batches."""
+    pairs: dict  # {"train", "validation", "test"}: pairs (with --streaming, "train" is a stream read lazily)
+    src_tok: object
+    tgt_tok: object
+    tokenizer_ids: dict  # sha256 of each tokenizer's JSON: a resumed checkpoint must match them
+    valid_set: data.Tokenized
+    batches: object  # data.LoaderBatches or data.StreamBatches
+    steps_per_epoch: int | None  # None for a stream
+    num_workers: int
+
+
+def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
+    """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
+    rank's batches. Nothing is written before every start-up check has passed."""
+    corpus = main_first(lambda: data.load_corpus(cfg, say))  # rank 0 first: hub downloads land in the cache once
     cfg, sized = sized_for_corpus(cfg, None if cfg.streaming else len(corpus["train"]))
     say(f"config: {json.dumps(to_dict(cfg))}")
     if sized:
@@ -257,7 +265,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     valid_set = data.tokenize_pairs(corpus["validation"], src_tok, tgt_tok, cfg.seq_len)
     splits = [("validation", valid_set)]
     on_gpu = info.device.type == "cuda"
-    num_workers = 0
+    num_workers, steps_per_epoch = 0, None
     if cfg.streaming:
         batches = data.StreamBatches(corpus, src_tok, tgt_tok, cfg, info.rank, info.world_size)
     else:
@@ -268,13 +276,16 @@ def train(cfg: Config, info: DistInfo) -> None:
                             f"raise --seq_len")
         lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
         sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
-                                               cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens)
+                                               cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens,
+                                               max_len=cfg.seq_len)
         num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
         # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
         # mid-epoch resume would then see another dropout stream than an uninterrupted run.
-        loader = DataLoader(train_set.dataset, batch_sampler=sampler, collate_fn=data.collate, pin_memory=on_gpu,
+        loader = DataLoader(train_set.dataset, batch_sampler=sampler,
+                            collate_fn=functools.partial(data.collate, max_len=cfg.seq_len), pin_memory=on_gpu,
                             num_workers=num_workers, persistent_workers=False, generator=torch.Generator())
         batches = data.LoaderBatches(loader, sampler)
+        steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
     for name, split in splits:
         say(f"{name}: {len(split.dataset)} pairs kept, {split.dropped_too_long} dropped as longer than "
             f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
@@ -282,10 +293,26 @@ def train(cfg: Config, info: DistInfo) -> None:
         raise UserError(f"--seq_len {cfg.seq_len}: no validation pair fits; raise --seq_len")
     run_on_main(lambda: (data.save_tokenizers(cfg, src_json, tgt_json),
                          checkpoint.remove_stale_temporaries(cfg.model_folder)))
+    return cfg, Corpus(corpus, src_tok, tgt_tok, tokenizer_ids, valid_set, batches, steps_per_epoch, num_workers)
 
-    # ---- model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps), sharded by FSDP
+
+@dataclass
+class ModelParts:
+    raw_model: Transformer  # the module evaluated and checkpointed (sharded in place under FSDP)
+    make_model: object  # builds a fresh, unsharded copy (FSDP evaluation)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    total_steps: int | float  # by --max_steps and --num_epochs; --max_time may end the run sooner
+    budget: "BudgetClock"  # --max_time; the cosine schedule follows the fraction of it spent
+    precision: str
+
+
+def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, say) -> ModelParts:
+    """The model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps), sharded by FSDP,
+    and its optimizer, learning-rate schedule and gradient scaler."""
     torch.manual_seed(cfg.seed)
-    model_cfg = model_config(cfg, src_tok.get_vocab_size(), tgt_tok.get_vocab_size())
+    model_cfg = model_config(cfg, corpus.src_tok.get_vocab_size(), corpus.tgt_tok.get_vocab_size(), data.PAD_ID)
     make_model = lambda: Transformer(model_cfg).to(info.device)  # noqa: E731
     raw_model = make_model()
     say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
@@ -293,162 +320,229 @@ def train(cfg: Config, info: DistInfo) -> None:
     if cfg.strategy == "fsdp":
         parallel.shard(raw_model, cfg, precision, info.device)
     optimizer = build_optimizer(raw_model, cfg)
-    if cfg.streaming:
-        total_steps = cfg.max_steps  # a stream's epochs have no known length
-    else:
-        steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
-        total_steps = min(cfg.max_steps or math.inf, cfg.num_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps))
+    epochs_steps = math.inf if corpus.steps_per_epoch is None else cfg.num_epochs * corpus.steps_per_epoch
+    total_steps = min(cfg.max_steps or math.inf, epochs_steps)  # a stream's epochs have no known length
+    budget = BudgetClock(max_time_seconds(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, budget.fraction_used))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return ModelParts(raw_model, make_model, optimizer, scheduler, scaler, total_steps, budget, precision)
 
-    # ---- resume: rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state
-    step, epoch, position, run_id = 0, 0, None, new_run_id()  # position: where the current epoch (re)started
-    in_epoch = False  # batches taken from the current epoch: the position is then read from `batches` at save time
-    skipped_steps = torch.zeros((), device=info.device)  # on the device: counted without a host sync
-    best_bleu, best_step = -1.0, None
+
+class BudgetClock:
+    """--max_time: the seconds of the budget spent, counting those of the runs before a resume."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s, self.before_s, self.start = budget_s, 0.0, time.perf_counter()
+
+    def resume_from(self, spent_s: float, started: float) -> None:
+        self.before_s, self.start = spent_s, started
+
+    def spent(self) -> float:
+        return self.before_s + time.perf_counter() - self.start
+
+    def fraction_used(self) -> float:
+        return min(self.spent() / self.budget_s, 1.0) if math.isfinite(self.budget_s) else 0.0
+
+    def run_out(self) -> bool:
+        return self.spent() >= self.budget_s
+
+
+@dataclass
+class TrainState:
+    """Where the run is: everything a checkpoint restores besides the model, optimizer and data position."""
+    step: int = 0
+    epoch: int = 0
+    position: object = None  # where the current epoch (re)started: samples consumed, or a stream's state
+    run_id: str = ""
+    best_bleu: float = -1.0
+    best_step: int | None = None
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    time_spent_s: float = 0.0  # training time of the runs before this one (--max_time counts it)
+
+
+def resume(cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, say) -> TrainState:
+    """Rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state; a fresh run starts
+    at step 0. Seeds every rank's own dropout stream."""
+    state = TrainState(run_id=new_run_id())
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
     random.seed(cfg.seed + info.rank)
     saved = run_on_main(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
-    if saved:
-        check_resumable(saved, cfg, tokenizer_ids)
-        parallel.load_full_state(raw_model, optimizer, saved["model"], saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        step, epoch = saved["step"], saved["epoch"]
-        position = saved_position(saved, cfg, info, say)
-        skipped_steps.fill_(saved["skipped_steps"])
-        run_id = saved["wandb_run_id"]
-        best_bleu, best_step = saved["best_bleu"], saved["best_step"]
-        if len(saved["rng"]) == info.world_size:
-            set_rng_state(saved["rng"][info.rank], info.device)
-        say(f"resumed from step {step} (epoch {epoch}, "
-            f"{'stream positions restored' if cfg.streaming else f'{position} samples into it'})")
-    del saved
-    model = parallel.wrap(raw_model, cfg, info.world_size, info.device, use_compile(cfg, info))
-    peak, peak_source = perf.peak_flops(info.device, precision, cfg.peak_tflops)
-    say(f"compile {'on' if use_compile(cfg, info) else 'off'}, {num_workers} data workers, peak "
-        f"{peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
-    monitor = RunMonitor(cfg, enabled=info.is_main, run_id=run_id)
+    if not saved:
+        return state
+    check_resumable(saved, cfg, corpus.tokenizer_ids)
+    parallel.load_full_state(parts.raw_model, parts.optimizer, saved["model"], saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    if parts.scaler is not None and saved["scaler"]:
+        parts.scaler.load_state_dict(saved["scaler"])
+    state = TrainState(step=saved["step"], epoch=saved["epoch"], position=saved_position(saved, cfg, info, say),
+                       run_id=saved["wandb_run_id"], best_bleu=saved["best_bleu"], best_step=saved["best_step"],
+                       skipped_steps=saved["skipped_steps"], time_spent_s=saved.get("time_spent_s", 0.0))
+    if len(saved["rng"]) == info.world_size:
+        set_rng_state(saved["rng"][info.rank], info.device)
+    say(f"resumed from step {state.step} (epoch {state.epoch}, "
+        f"{'stream positions restored' if cfg.streaming else f'{state.position} samples into it'}"
+        f"{f', {state.time_spent_s:.0f} s of --max_time spent' if cfg.max_time else ''})")
+    return state
 
-    last_saved_step = step if step > 0 else -1  # a resumed step is already on disk
 
-    def save() -> None:
+class Run:
+    """The training loop and what it calls: checkpoints, evaluations, the end of training. Collective methods must
+    be called by every rank at the same step."""
+
+    def __init__(self, cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, state: TrainState, autocast,
+                 started: float, say):
+        self.cfg, self.info, self.corpus, self.parts, self.state = cfg, info, corpus, parts, state
+        self.autocast, self.say = autocast, say
+        self.skipped_steps = torch.full((), float(state.skipped_steps), device=info.device)  # counted on the device
+        parts.budget.resume_from(state.time_spent_s, started)
+        compile_model = runtime.compile_by_default(cfg.compile, info.device)
+        self.model = parallel.wrap(parts.raw_model, cfg, info.world_size, info.device, compile_model)
+        self.compiling = compile_model
+        self.peak, peak_source = perf.peak_flops(info.device, parts.precision, cfg.peak_tflops)
+        say(f"compile {'on (each encoder and decoder layer)' if compile_model else 'off'}, {corpus.num_workers} "
+            f"data workers, peak {self.peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
+        self.monitor = RunMonitor(cfg, enabled=info.is_main, run_id=state.run_id)
+        self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
+        self.last_saved_step = state.step if state.step > 0 else -1  # a resumed step is already on disk
+        self.last_eval_step = -1
+
+    def save(self) -> None:
         """Collective: every rank hands its RNG state (and stream position) and its shard of the model under FSDP to
         rank 0, which writes; the others wait at the barrier."""
-        nonlocal last_saved_step
-        if last_saved_step == step:
+        cfg, info, state = self.cfg, self.info, self.state
+        if self.last_saved_step == state.step:
             return
-        last_saved_step = step
+        self.last_saved_step = state.step
         rng = gather_to_main(rng_state(info.device))
-        current = batches.position() if in_epoch else position  # read here, not copied at every step
+        current = self.corpus.batches.position() if self.in_epoch else state.position  # read here, not every step
         stream_positions = gather_to_main(current) if cfg.streaming else None  # one per rank, like the RNGs
-        model_state, optimizer_state = parallel.gather_full_state(raw_model, optimizer, info.is_main)
+        model_state, optimizer_state = parallel.gather_full_state(self.parts.raw_model, self.parts.optimizer,
+                                                                  info.is_main)
         if info.is_main:
-            state = {"model": model_state, "optimizer": optimizer_state,
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "step": step, "epoch": epoch, "epoch_sample": 0 if cfg.streaming else current or 0,
-                     "stream_positions": stream_positions,
-                     "skipped_steps": int(skipped_steps.item()),
-                     "config": to_dict(cfg), "wandb_run_id": run_id, "tokenizers": tokenizer_ids, "rng": rng,
-                     "best_bleu": best_bleu, "best_step": best_step}
-            path = checkpoint.save_checkpoint(cfg.model_folder, step, state, cfg.keep_last, best_step)
+            saved = {"model": model_state, "optimizer": optimizer_state,
+                     "scheduler": self.parts.scheduler.state_dict(),
+                     "scaler": self.parts.scaler.state_dict() if self.parts.scaler else None,
+                     "step": state.step, "epoch": state.epoch,
+                     "epoch_sample": 0 if cfg.streaming else current or 0, "stream_positions": stream_positions,
+                     "skipped_steps": int(self.skipped_steps.item()), "time_spent_s": self.parts.budget.spent(),
+                     "config": to_dict(cfg), "wandb_run_id": state.run_id, "tokenizers": self.corpus.tokenizer_ids,
+                     "rng": rng, "best_bleu": state.best_bleu, "best_step": state.best_step}
+            path = checkpoint.save_checkpoint(cfg.model_folder, state.step, saved, cfg.keep_last, state.best_step)
             if path:
-                say(f"saved {path}")
+                self.say(f"saved {path}")
         barrier()  # no rank runs ahead into a collective while rank 0 writes
 
-    last_eval_step = -1
-
-    def run_evaluation() -> None:
+    def evaluate(self) -> None:
         """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
-        nonlocal last_eval_step, best_bleu, best_step
-        result = evaluate(parallel.evaluation_model(raw_model, make_model), valid_set.dataset, corpus["validation"],
-                          valid_set.kept, tgt_tok, info, cfg.batch_size, cfg.eval_max_sentences, autocast)
-        last_eval_step = step
-        if info.is_main:
-            say(f"step {step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF {result.chrf:.2f} "
-                f"| {result.bleu_signature}")
+        state, corpus = self.state, self.corpus
+        with runtime.eager():
+            result = evaluate(parallel.evaluation_model(self.parts.raw_model, self.parts.make_model),
+                              corpus.valid_set.dataset, corpus.pairs["validation"], corpus.valid_set.kept,
+                              corpus.tgt_tok, self.info, self.cfg.batch_size, self.cfg.eval_max_sentences,
+                              self.autocast)
+        self.last_eval_step = state.step
+        if self.info.is_main:
+            self.say(f"step {state.step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF "
+                     f"{result.chrf:.2f} | placeholders kept {placeholder_text(result)} | {result.bleu_signature}")
             for source, reference, hypothesis in result.samples:
-                say(f"  src: {source}\n  ref: {reference}\n  hyp: {hypothesis}")
-            monitor.log(step, {"val/loss": result.loss, "val/bleu": result.bleu, "val/chrf": result.chrf})
-            monitor.log_samples(step, result.samples)
-        raw_model.train()
+                self.say(f"  src: {source}\n  ref: {reference}\n  hyp: {hypothesis}")
+            self.monitor.log(state.step, {"val/loss": result.loss, "val/bleu": result.bleu, "val/chrf": result.chrf})
+            self.monitor.log_samples(state.step, result.samples)
+        self.parts.raw_model.train()
         bleu = broadcast_from_main(result.bleu)
-        if bleu > best_bleu:
-            best_bleu, best_step = bleu, step
-            say(f"best BLEU so far: {bleu:.2f} at step {step}")
-            save()
+        if bleu > state.best_bleu:
+            state.best_bleu, state.best_step = bleu, state.step
+            self.say(f"best BLEU so far: {bleu:.2f} at step {state.step}")
+            self.save()
 
-    # ---- the loop: one optimizer step per --grad_accum_steps micro-batches
-    raw_model.train()
-    stop = StopSignal()
-    progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
-                    disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
-    window = Window.new(info.device)
-    stopping = False  # agreed by all ranks, step by step
-    while step < total_steps and epoch < cfg.num_epochs and not stopping:
-        batches.start_epoch(epoch, position)
-        in_epoch = True
-        epoch_done = False
-        while not epoch_done and step < total_steps:
-            micro_batches = batches.take(cfg.grad_accum_steps)
-            if cfg.streaming:  # shards end unevenly: when one rank runs out, every rank ends the epoch here
-                epoch_done = any_rank(len(micro_batches) < cfg.grad_accum_steps)
-            else:  # every rank has as many batches as the others, by construction of the sampler
-                epoch_done = not micro_batches
-            if epoch_done:
-                break
-            result = train_step(model, raw_model, optimizer, scaler, micro_batches, cfg, info, autocast)
-            scheduler.step()
-            step += 1
-            epoch_done = batches.exhausted()
-            skipped_steps += result.skipped
-            window.loss_sum += result.loss_sum
-            window.tokens += result.tokens
-            for batch in micro_batches:  # CPU tensors: counted without waiting for the device
-                shape = perf.StepShape.of_padded(batch["src"], batch["tgt_out"], data.PAD_ID)
-                window.real_tokens += shape.src_tokens + shape.tgt_tokens
-                window.padded_positions += batch["src"].numel() + batch["tgt_out"].numel()
-                window.flops += perf.training_flops(shape, cfg.d_model, cfg.d_ff, cfg.num_layers,
-                                                   model_cfg.tgt_vocab_size)
-            window.steps += 1
-            progress.update(1)
+    def loop(self) -> bool:
+        """Optimizer steps until --num_epochs, --max_steps or --max_time, or a stop signal (True then), each over
+        --grad_accum_steps micro-batches; evaluates and saves along the way."""
+        cfg, info, state, parts, batches = self.cfg, self.info, self.state, self.parts, self.corpus.batches
+        parts.raw_model.train()
+        stop, agree = StopSignal(), LateAgreement()
+        progress = tqdm(total=parts.total_steps if math.isfinite(parts.total_steps) else None, initial=state.step,
+                        desc="train", dynamic_ncols=True,
+                        disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
+        window = Window.new(info.device)
+        stopping = out_of_time = False  # agreed by all ranks
+        while state.step < parts.total_steps and state.epoch < cfg.num_epochs and not (stopping or out_of_time):
+            batches.start_epoch(state.epoch, state.position)
+            self.in_epoch = True
+            epoch_done = False
+            while not epoch_done and state.step < parts.total_steps:
+                micro_batches = batches.take(cfg.grad_accum_steps)
+                if cfg.streaming:  # shards end unevenly: when one rank runs out, every rank ends the epoch here
+                    epoch_done = any_rank(len(micro_batches) < cfg.grad_accum_steps)
+                else:  # every rank has as many batches as the others, by construction of the sampler
+                    epoch_done = not micro_batches
+                if epoch_done:
+                    break
+                graphs = runtime.compilation_count() if self.compiling else 0
+                step_started = time.perf_counter()
+                result = train_step(self.model, parts.raw_model, parts.optimizer, parts.scaler, micro_batches, cfg,
+                                    info, self.autocast)
+                parts.scheduler.step()
+                state.step += 1
+                if self.compiling and runtime.compilation_count() > graphs:  # the host waited for the compiler
+                    self.say(f"compiled {runtime.compilation_count() - graphs} graphs in "
+                             f"{time.perf_counter() - step_started:.1f} s (step {state.step}; "
+                             f"{runtime.compilation_count()} in all)")
+                    window = Window.new(info.device)  # compilation time is not training time
+                else:
+                    window.add(micro_batches, result, cfg, parts.raw_model.config.tgt_vocab_size)
+                epoch_done = batches.exhausted()
+                self.skipped_steps += result.skipped
+                progress.update(1)
+                if window.steps and (state.step % cfg.log_every == 0 or state.step == parts.total_steps):
+                    log_window(window, result, state.step, state.epoch, self.skipped_steps, parts.scheduler,
+                               self.peak, info, self.monitor, progress, self.say)
+                    window = Window.new(info.device)
+                if state.step % cfg.eval_every == 0:
+                    self.evaluate()
+                if state.step % cfg.save_every == 0:
+                    self.save()
+                # A signal may reach one rank only, and clocks differ: every rank stops after this same step.
+                stopping, out_of_time = agree([stop.received is not None, parts.budget.run_out()])
+                if stopping or out_of_time:
+                    break
+            if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
+                state.epoch, state.position, self.in_epoch = state.epoch + 1, None, False
+                if not stopping:
+                    if self.last_eval_step != state.step:
+                        self.evaluate()
+                    self.save()
+        agree.close()
+        progress.close()
+        if stopping:
+            self.say(f"stop requested ({stop.received or 'on another rank'}): saving step {state.step} and exiting")
+        elif out_of_time:
+            self.say(f"--max_time {cfg.max_time} spent ({parts.budget.spent():.0f} s): training ends at step "
+                     f"{state.step}")
+        return stopping
 
-            if step % cfg.log_every == 0 or step == total_steps:
-                log_window(window, result, step, epoch, skipped_steps, scheduler, peak, info, monitor, progress, say)
-                window = Window.new(info.device)
-            if step % cfg.eval_every == 0:
-                run_evaluation()
-            if step % cfg.save_every == 0:
-                save()
-            # A signal may reach one rank only: every rank stops after this same step.
-            stopping = any_rank(stop.received is not None)
-            if stopping:
-                break
-        if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
-            epoch, position, in_epoch = epoch + 1, None, False
-            if not stopping:
-                if last_eval_step != step:
-                    run_evaluation()
-                save()
-    progress.close()
-    if stopping:
-        say(f"stop requested ({stop.received or 'on another rank'}): saving step {step} and exiting")
-    elif last_eval_step != step:
-        run_evaluation()
-    save()
-    if not stopping:
-        if cfg.average_last >= 2:
-            averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))
-            say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
-                "averaging skipped: fewer than two checkpoints were saved")
-        score_test_split(parallel.evaluation_model(raw_model, make_model), best_step, corpus["test"], src_tok,
-                         tgt_tok, cfg, info, autocast, monitor, say)
-    if cfg.streaming:
-        say(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len {cfg.seq_len} and "
-            f"{batches.dropped_empty} empty ones skipped")
-    monitor.close()
-    say(f"done: {step} steps, {int(skipped_steps.item())} skipped")
+    def finish(self, stopping: bool) -> None:
+        """Collective. The last validation and checkpoint; unless stopped by a signal, checkpoint averaging and the
+        test split scored by the best checkpoint."""
+        cfg, state = self.cfg, self.state
+        if not stopping and self.last_eval_step != state.step:
+            self.evaluate()
+        self.save()
+        if not stopping:
+            if cfg.average_last >= 2:
+                averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))
+                self.say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
+                         "averaging skipped: fewer than two checkpoints were saved")
+            with runtime.eager():
+                score_test_split(parallel.evaluation_model(self.parts.raw_model, self.parts.make_model),
+                                 state.best_step, self.corpus.pairs["test"], self.corpus.src_tok,
+                                 self.corpus.tgt_tok, cfg, self.info, self.autocast, self.monitor, self.say)
+        if cfg.streaming:
+            batches = self.corpus.batches
+            self.say(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len "
+                     f"{cfg.seq_len} and {batches.dropped_empty} empty ones skipped")
+        self.monitor.close()
+        self.say(f"done: {state.step} steps, {int(self.skipped_steps.item())} skipped")
 
 
 def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_tok, cfg: Config, info: DistInfo,
@@ -468,11 +562,18 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
                       len(test_set.dataset), autocast, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
     if info.is_main:
         say(f"test ({which}, beam {cfg.beam_size}, length penalty {cfg.length_penalty}): BLEU {result.bleu:.2f} | "
-            f"chrF {result.chrf:.2f} | loss {result.loss:.4f} | {len(test_set.dataset)} sentences "
-            f"({test_set.dropped_too_long} longer than --seq_len left out) | {result.bleu_signature}")
+            f"chrF {result.chrf:.2f} | placeholders kept {placeholder_text(result)} | loss {result.loss:.4f} | "
+            f"{len(test_set.dataset)} sentences ({test_set.dropped_too_long} longer than --seq_len left out) | "
+            f"{result.bleu_signature}")
         scores = {"test/bleu": result.bleu, "test/chrf": result.chrf, "test/loss": result.loss,
                   "test/checkpoint_step": best_step if best is not None else -1}
+        if result.placeholder_match is not None:
+            scores["test/placeholder_match"] = result.placeholder_match
         monitor.log_summary(scores)
+
+
+def placeholder_text(result) -> str:
+    return "n/a (none in the references)" if result.placeholder_match is None else f"{result.placeholder_match:.1%}"
 
 
 def log_window(window: Window, last: StepResult, step: int, epoch: int, skipped_steps: torch.Tensor, scheduler,

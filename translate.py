@@ -20,10 +20,9 @@ import torch
 
 import checkpoint
 import dataset as data
-from config import Config, UserError
+from config import Config, UserError, model_config
 from evaluation import corpus_scores, decode_tokens
 from model import Transformer
-from train import model_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +92,7 @@ class Translator:
             tokenizers.append(data.tokenizer_from_json(text))
         self.src_tok, self.tgt_tok = tokenizers
         self.model = Transformer(model_config(self.config, self.src_tok.get_vocab_size(),
-                                              self.tgt_tok.get_vocab_size(), dropout=0.0))
+                                              self.tgt_tok.get_vocab_size(), data.PAD_ID, dropout=0.0))
         self.model.load_state_dict(state["model"])
         self.model.to(device).eval()
         self.device = device
@@ -117,7 +116,7 @@ class Translator:
                                                   padding_value=data.PAD_ID).to(self.device)
             tokens = decode_tokens(self.model, src, beam_size, length_penalty)
             for i, text in zip(chunk, self.tgt_tok.decode_batch(tokens.tolist(), skip_special_tokens=True)):
-                out[i] = text.strip()
+                out[i] = text  # as training's evaluation scores it: no stripping
         return out
 
 

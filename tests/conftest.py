@@ -54,10 +54,12 @@ def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     adjectives = [("red", "rosso"), ("big", "grande"), ("new", "nuovo"), ("old", "vecchio"), ("small", "piccolo")]
     verbs = [("sees", "vede"), ("eats", "mangia"), ("has", "ha"), ("wants", "vuole")]
     pairs = []
-    for _ in range(n):
+    while len(pairs) < n:  # distinct pairs: the loader drops duplicates
         (n1, i1), (a1, j1), (v, w), (n2, i2) = (rng.choice(nouns), rng.choice(adjectives), rng.choice(verbs),
                                                 rng.choice(nouns))
-        pairs.append((f"The {a1} {n1} {v} the {n2}.", f"Il {i1} {j1} {w} il {i2}."))
+        pair = (f"The {a1} {n1} {v} the {n2}.", f"Il {i1} {j1} {w} il {i2}.")
+        if pair not in pairs:
+            pairs.append(pair)
     return pairs
 
 

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from config import Config, UserError, build_parser, parse_config, sized_for_corpus, validate
+from config import Config, UserError, build_parser, parse_config, parse_duration, sized_for_corpus, validate
 
 
 def test_every_setting_is_a_flag_with_help():
@@ -82,3 +82,12 @@ def test_values_given_on_the_command_line_are_kept_whatever_the_corpus_size():
     assert (cfg.dropout, cfg.vocab_size) == (0.05, 4000) and "--dropout" not in note
     cfg, note = sized_for_corpus(parse_config(["--dropout", "0.0", "--vocab_size", "500"]), 10_000_000)
     assert (cfg.dropout, cfg.vocab_size, note) == (0.0, 500, "")
+
+
+def test_max_time_takes_durations_and_refuses_anything_else():
+    assert [parse_duration(t) for t in ("14m", "2h", "1d6h", "1h30m", "90s", "3600", "0.5h")] == \
+        [840, 7200, 108000, 5400, 90, 3600, 1800]
+    validate(parse_config(["--max_time", "14m"]))
+    for bad in ("14x", "m", "1h 30m", "-5", "0", "soon"):
+        with pytest.raises(UserError, match="--max_time: expected a positive duration such as 14m"):
+            validate(parse_config(["--max_time", bad]))

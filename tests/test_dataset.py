@@ -67,8 +67,8 @@ def test_unknown_language_is_a_clear_error(tmp_path, flags, message):
 def test_empty_corpus_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="--data_files: the corpus is empty"):
         corpus_from_files(tmp_path, [])
-    write_jsonl(tmp_path / "blank.jsonl", [("", "")])  # pairs exist, but hold no text
-    with pytest.raises(UserError, match="too few to hold out"):
+    write_jsonl(tmp_path / "blank.jsonl", [("", "")])  # pairs exist, but hold no text: cleaned away
+    with pytest.raises(UserError, match="the corpus is empty .no training pairs"):
         data.load_corpus(parse_config(["--data_files", str(tmp_path / "blank.jsonl")]))
     with pytest.raises(UserError, match="--data_files: no file matches"):
         data.load_corpus(parse_config(["--data_files", str(tmp_path / "missing*.jsonl")]))
@@ -96,12 +96,24 @@ def test_tokenization_filters_and_counts_long_and_empty_pairs():
     assert tokenizer.decode(src[:-1].tolist()) == "fine"
 
 
-def test_collate_pads_to_the_longest_in_the_batch():
+def test_collate_pads_to_the_longest_in_the_batch_rounded_to_a_fixed_width():
     batch = data.collate([(torch.tensor([5, 6, 3]), torch.tensor([2, 7, 3])),
-                          (torch.tensor([5, 3]), torch.tensor([2, 7, 8, 9, 3]))])
-    assert batch["src"].tolist() == [[5, 6, 3], [5, 3, 0]]
-    assert batch["tgt_in"].tolist() == [[2, 7, 0, 0], [2, 7, 8, 9]]
-    assert batch["tgt_out"].tolist() == [[7, 3, 0, 0], [7, 8, 9, 3]]
+                          (torch.tensor([5, 3]), torch.tensor([2, 7, 8, 9, 10, 3]))], max_len=128)
+    assert batch["src"].tolist() == [[5, 6, 3, 0], [5, 3, 0, 0]]  # longest 3 -> width 4
+    assert batch["tgt_in"].tolist() == [[2, 7, 0, 0, 0, 0], [2, 7, 8, 9, 10, 0]]  # 5 -> 6
+    assert batch["tgt_out"].tolist() == [[7, 3, 0, 0, 0, 0], [7, 8, 9, 10, 3, 0]]
+    assert data.collate([(torch.arange(4, 9), torch.arange(4, 10))], max_len=5)["src"].shape == (1, 5)  # capped
+
+
+def test_padded_widths_and_batch_counts_come_from_small_fixed_sets():
+    widths = {data.padded_length(n, 128) for n in range(1, 129)}
+    assert widths == {*range(2, 33, 2), *range(40, 129, 8)}
+    assert all(data.padded_length(n, 128) >= n for n in range(1, 129))
+    assert {data.padded_length(n, 100) for n in range(90, 101)} == {96, 100}  # never wider than --seq_len
+    counts = {data.batch_count(n) for n in range(1, 5000)}
+    assert len(counts) == 8 + 3 + 4 * 8 + 1  # 1-8; 10, 12, 14; four per octave from 16 to 2047; 4096
+    for n in range(1, 5000):
+        assert 0.8 * n <= data.batch_count(n) <= n  # at most a fifth of a batch's budget unused
 
 
 def rank_batches(n, batch_size, world, epoch, seed=0, start=0, lengths=None):
@@ -199,10 +211,11 @@ def test_token_budget_batches_fit_the_budget_are_disjoint_and_equal_in_number(wo
     assert all(s.global_batches() == samplers[0].global_batches() for s in samplers)
     seen = [i for shard in shards for batch in shard for i in batch]
     assert len(seen) == len(set(seen)) and len(seen) > 0.97 * len(lengths)
-    padded = [len(b) * int(lengths[b].max()) for shard in shards for b in shard]
-    assert max(padded) <= 400 and sum(padded) / len(padded) > 0.85 * 400  # full, but never over budget
+    padded = [len(b) * data.padded_length(int(lengths[b].max()), 128) for shard in shards for b in shard]
+    assert max(padded) <= 400 and sum(padded) / len(padded) > 0.75 * 400  # full, but never over budget
+    assert {len(b) for shard in shards for b in shard} <= {data.batch_count(n) for n in range(1, 401)}
     real = sum(int(lengths[b].sum()) for shard in shards for b in shard)
-    assert real / sum(padded) > 0.9  # length grouping: little padding
+    assert real / sum(padded) > 0.85  # length grouping and fine widths: little padding
 
 
 def test_token_budget_batches_depend_on_epoch_and_seed_only_and_resume_exactly():
@@ -224,6 +237,45 @@ def test_token_budget_batches_depend_on_epoch_and_seed_only_and_resume_exactly()
 
 
 def test_a_sentence_longer_than_the_budget_gets_a_batch_of_its_own():
-    lengths = torch.tensor([5, 5, 50, 5, 5])
-    _, (shard,) = token_budget_shards(lengths, 20, world=1)
+    lengths = torch.tensor([5, 5, 50, 5, 5])  # 4 x width 6 fits 24
+    _, (shard,) = token_budget_shards(lengths, 24, world=1)
     assert [sorted(b) for b in shard] == [[0, 1, 3, 4], [2]]  # sorted by length within the window
+
+
+def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_trained_on(tmp_path):
+    decomposed = "citta\u0300"  # "città" written as "a" + a combining grave accent
+    rows = [("A city.", decomposed), ("A city.", "città"),  # the same pair once NFC-normalized: a duplicate
+            ("", "vuoto"), ("Empty target.", "   "),
+            ("Short.", "Una frase lunghissima che non traduce affatto quella breve di partenza."),
+            ("GNU", "GNU")]  # untranslated, and right to be: kept, counted
+    rows += [(f"Sentence {i}.", f"Frase {i}.") for i in range(40)]
+    rows += [(f"Sentence {i}.", f"Frase numero {i}.") for i in range(40)]  # same sources, other translations
+    files = write_jsonl(tmp_path / "train.jsonl", rows)
+    lines = []
+    corpus = data.load_corpus(parse_config(["--data_files", files, "--valid_size", "5", "--test_size", "5"]),
+                              lines.append)
+    assert ("A city.", "città") in corpus["train"] + corpus["validation"] + corpus["test"]
+    everything = corpus["train"] + corpus["validation"] + corpus["test"]
+    assert len(everything) == len(set(everything)) and all("\u0300" not in t for _, t in everything)
+    held_out = {s for s, _ in corpus["validation"] + corpus["test"]}
+    assert held_out and not held_out & {s for s, _ in corpus["train"]}
+    (line,) = lines
+    assert "86 pairs read, 1 NFC-normalized; dropped 2 with an empty side, 1 with a length ratio over 4, " \
+           "1 duplicates" in line and "kept 1 untranslated" in line
+    removed = int(line.split("duplicates, ")[1].split(" training pairs")[0])
+    assert removed >= 1 and len(everything) + removed == 86 - 4
+
+
+def test_placeholders_stay_whole_and_special_token_names_are_plain_text():
+    sentences = ["%*s/%s kB (%d%%) copied", "Hello {name}, %(count)d files", "It is 100% done",
+                 "Use [UNK] or [EOS] tokens"] * 20
+    tokenizer = data.tokenizer_from_json(data.train_tokenizer(sentences, 400).to_str())
+    tokens = tokenizer.encode("%*s/%s kB (%d%%) copied", add_special_tokens=False).tokens
+    assert {"%*s", "%s", "%d", "%%"} <= set(tokens) and "(%" not in "".join(tokens).replace("(%d", "")
+    assert "Ġ{name}" in tokenizer.encode("Hello {name}, %(count)d files").tokens
+    for text in sentences[:4]:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert not {data.PAD_ID, data.BOS_ID, data.EOS_ID, 1} & set(ids)  # [UNK] in text is text
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert data.placeholders("%*s/%s kB (%d%%) {0} %(name)s, 100% done") == ["%*s", "%s", "%d", "%%", "{0}",
+                                                                             "%(name)s"]

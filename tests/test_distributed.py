@@ -14,7 +14,8 @@ from conftest import free_port
 from distributed import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
 from model import ModelConfig, Transformer
 import parallel
-from train import make_autocast, train_step
+from runtime import make_autocast
+from train import train_step
 
 STEPS, GLOBAL_BATCH = 3, 8
 CFG = parse_config(["--dropout", "0", "--lr", "0.003", "--grad_clip", "0.5"])
@@ -39,7 +40,7 @@ def global_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
 def micro_batches(examples, rank: int, world: int, accum: int) -> list[dict]:
     share = examples[rank * len(examples) // world:(rank + 1) * len(examples) // world]
     size = len(share) // accum
-    return [data.collate(share[i * size:(i + 1) * size]) for i in range(accum)]
+    return [data.collate(share[i * size:(i + 1) * size], 128) for i in range(accum)]
 
 
 def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None,

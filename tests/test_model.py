@@ -1,6 +1,8 @@
 import torch
 
-from model import ModelConfig, Transformer
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from model import FINISHED_CHECK_EVERY, ModelConfig, Transformer
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -89,14 +91,21 @@ def test_greedy_decoding_stops_when_all_finished_and_pads_after_eos():
     plan = [[3, 5], [5, 5], [5, 3], [5, 5]]  # per step, the token each row should choose (3 = EOS)
 
     def scripted_decode(tgt_in, memory, src_mask, caches=None, offset=0):
+        calls.append(offset)
         logits = torch.zeros(2, 1, 10)
-        for row, token in enumerate(plan[offset]):
+        for row, token in enumerate(plan[min(offset, len(plan) - 1)]):
             logits[row, 0, token] = 1.0
         return logits
 
     model.decode = scripted_decode
-    out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=10)
-    assert out.tolist() == [[PAD, PAD, PAD], [5, 5, PAD]]
+    calls = []
+    out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30)
+    assert out.tolist() == [[PAD, PAD], [5, 5]]  # columns of padding only are cut off
+    assert len(calls) == FINISHED_CHECK_EVERY  # all ended at step 3; the host looked at step 8
+    calls = []
+    out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30,
+                              max_lengths=torch.tensor([30, 1]))
+    assert out.tolist() == [[PAD], [5]] and len(calls) == FINISHED_CHECK_EVERY  # row 1 cut at its own limit
 
 
 def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_outputs():
@@ -116,3 +125,58 @@ def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_out
 
     # Raw log-probability sums (penalty 0) prefer ending at once; dividing by length ** penalty undoes that.
     assert mean_length(0.0) < mean_length(1.0) <= mean_length(3.0)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device's queue on a GPU: reading a value (`.item()`,
+    `bool()`) and boolean-mask indexing (which must count the selected elements first)."""
+
+    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.SYNCING
+        return func(*args, **(kwargs or {}))
+
+
+def test_decoding_reads_the_device_once_every_few_tokens_not_every_token():
+    model = tiny_model()
+    src = random_tokens(4, 7)
+    tokens = 40
+    for decode in (lambda: model.greedy_decode(src, BOS, -1, tokens),  # -1: no sentence ever ends
+                   lambda: model.beam_search(src, BOS, -1, tokens, beam_size=3)):
+        with HostReads() as reads:
+            out = decode()
+        assert out.shape == (4, tokens)
+        assert reads.count <= tokens // 8 + 1  # a check every 8 tokens at most, and one to trim the output
+
+
+def test_preallocated_cache_decodes_like_the_uncached_model_in_beam_search():
+    model = tiny_model()
+    src = random_tokens(3, 6)
+    src[1, 3:] = PAD
+    # Beam search's cache is reordered every step: its scores must equal the model's own full-sequence scores.
+    out = model.beam_search(src, BOS, EOS, 12, beam_size=3, length_penalty=0.0)
+    best = model.beam_search(src, BOS, EOS, 12, beam_size=1)
+    assert torch.equal(best, model.greedy_decode(src, BOS, EOS, 12, use_cache=False))
+    assert (model.sequence_log_prob(src, out, BOS, EOS) >= model.sequence_log_prob(src, best, BOS, EOS) - 1e-4).all()
+
+
+def test_beam_search_never_picks_a_hypothesis_cut_at_the_length_limit_over_one_that_ended():
+    model = tiny_model(tgt_vocab_size=10)
+    bias = torch.zeros(10)
+    bias[5], bias[EOS] = 6.0, 3.0  # "5 5 5 ..." is far likelier than ending, but ending stays in the beam
+    model.output.register_forward_hook(lambda module, inputs, output: output * 0 + bias)
+    src = random_tokens(3, 5)
+    limits = torch.tensor([10, 10, 10])
+    # The loop "5" x 10 scores about -0.05 per token, -0.5 in all; ending at once about -3: by score / length the
+    # cut-off loop would win by far.
+    out = model.beam_search(src, BOS, EOS, 30, beam_size=4, length_penalty=1.0, max_lengths=limits)
+    assert ((out != PAD).sum(dim=1) < limits).all(), out  # every winner ended with EOS within its limit
+    # With no ended beam at all (EOS impossible), the cut-off hypothesis is still returned.
+    bias[EOS] = -1e4
+    out = model.beam_search(src, BOS, EOS, 30, beam_size=4, max_lengths=limits)
+    assert out.tolist() == [[5] * 10] * 3

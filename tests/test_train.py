@@ -10,6 +10,7 @@ import torch
 
 import checkpoint
 import dataset as data
+import runtime
 import train
 from conftest import ROOT, TINY_MODEL, child_env, free_port, toy_pairs, torchrun, write_jsonl
 
@@ -123,15 +124,31 @@ def test_token_budget_run_logs_throughput_padding_and_mfu(tmp_path, toy_corpus, 
     assert "padding eff" in out and "MFU" in out and "ms/step" in out
 
 
-def test_compiled_training_saves_plain_checkpoints_that_resume_uncompiled(tmp_path, toy_corpus, capsys):
+def test_compiled_layers_compile_a_bounded_number_of_times_in_epoch_one_only_and_resume_uncompiled(
+        tmp_path, toy_corpus, capsys):
+    """Two epochs with a validation after each and the test split decoded at the end: the layers compile during
+    the first epoch only (then every batch shape reuses the dynamic graphs), evaluation and decoding never
+    compile, and the checkpoints hold the plain module's weights."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
-            str(tmp_path / "w"), "--save_every", "2"]
-    code, out, err = run_in_process([*base, "--compile", "--max_steps", "1"], capsys)  # one step: one compilation
+            str(tmp_path / "w"), "--eval_every", "1000", "--save_every", "1000"]
+    code, out, err = run_in_process([*base, "--compile", "--num_epochs", "2"], capsys)
     assert code == 0 and "compile on" in out, err[-3000:]
+    steps_per_epoch = -(-360 // 16)  # 360 training pairs, 16 a batch
+    compiled_at = [int(line.split("(step ")[1].split(";")[0]) for line in out.splitlines() if "graphs in" in line]
+    assert compiled_at and max(compiled_at) <= steps_per_epoch, out  # nothing compiles in the second epoch
+    # Two layer kinds, each at most: the first graph, a second once source and target widths first differ (they
+    # shared a symbol while equal), a third for a batch of one sentence; far below the distinct shapes of the run.
+    assert runtime.compilation_count() <= 6
+    assert out.count("| BLEU") == 2 and "test (best checkpoint" in out  # validations and decoding ran eagerly
     saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path / "w"))[-1][1])
-    assert saved["step"] == 1 and not [k for k in saved["model"] if "_orig_mod" in k]  # the module, not its wrapper
-    code, out, err = run_in_process([*base, "--no-compile", "--max_steps", "2"], capsys)
-    assert code == 0 and "resumed from step 1" in out and "compile off" in out, err[-3000:]
+    assert saved["step"] == 2 * steps_per_epoch and not [k for k in saved["model"] if "_orig_mod" in k]
+    code, out, err = run_in_process([*base, "--no-compile", "--num_epochs", "2", "--max_steps",
+                                     str(2 * steps_per_epoch + 1)], capsys)
+    assert code == 0 and f"resumed from step {2 * steps_per_epoch}" in out and "compile off" in out, err[-3000:]
 
 
 def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corpus, capsys):
@@ -241,14 +258,14 @@ def test_help_lists_every_flag():
 
 def test_precision_policy(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert train.resolve_precision("auto", cpu) == "fp32"
-    assert train.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(train.UserError, match="--precision fp16 needs a CUDA GPU"):
-        train.resolve_precision("fp16", cpu)
+        runtime.resolve_precision("fp16", cpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert train.resolve_precision("auto", gpu) == "bf16"
+    assert runtime.resolve_precision("auto", gpu) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # P4000, V100
-    assert train.resolve_precision("auto", gpu) == "fp16"
+    assert runtime.resolve_precision("auto", gpu) == "fp16"
 
 
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine"])
@@ -263,6 +280,37 @@ def test_learning_rate_schedule(schedule):
         assert multiplier(39) == pytest.approx(0.5)  # sqrt(10 / 40)
     else:
         assert multiplier(109) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cosine_schedule_follows_the_time_budget_when_it_runs_out_first():
+    cfg = train.parse_config(["--warmup_steps", "10", "--lr_schedule", "cosine"])
+    used = [0.0]
+    multiplier = train.lr_multiplier(cfg, total_steps=10_000, budget_used=lambda: used[0])
+    by_steps = multiplier(100)
+    used[0] = 0.5
+    assert multiplier(100) == pytest.approx(0.5) and by_steps > 0.99  # half the budget spent: half way down
+    used[0] = 1.0
+    assert multiplier(100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_max_time_ends_training_like_a_normal_end_and_counts_time_before_a_resume(tmp_path, toy_corpus, capsys):
+    folder = tmp_path / "w"
+    base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
+            str(folder), "--num_epochs", "1000", "--eval_every", "1000", "--save_every", "1000"]
+    code, out, err = run_in_process([*base, "--max_time", "3s"], capsys)
+    assert code == 0, err[-3000:]
+    assert "--max_time 3s spent" in out and "test (best checkpoint" in out  # then scored as at a normal end
+    (step, path), = checkpoint.list_checkpoints(str(folder))[-1:]
+    saved = checkpoint.load_checkpoint(path)
+    assert 0 < step < 1000 * 23 and saved["time_spent_s"] >= 3.0
+    # The same budget again: it is spent already, so the resumed run stops after one step.
+    code, out, err = run_in_process([*base, "--max_time", "3s"], capsys)
+    assert code == 0 and f"resumed from step {step}" in out, err[-3000:]
+    assert checkpoint.list_checkpoints(str(folder))[-1][0] == step + 1
+    # A larger budget goes on; --max_steps, whichever comes first, ends it.
+    code, out, err = run_in_process([*base, "--max_time", "1h", "--max_steps", str(step + 4)], capsys)
+    assert code == 0 and "--max_time 1h spent" not in out, err[-3000:]
+    assert checkpoint.list_checkpoints(str(folder))[-1][0] == step + 4
 
 
 def test_weight_decay_skips_biases_norms_and_embeddings():

@@ -1,0 +1,65 @@
+"""How the network runs on its device: numeric precision and compilation. Shared by train.py, bench.py and
+translate.py, so that the three run the model the same way.
+
+- Precision: `--precision auto` is bf16 on GPUs that support it, fp16 with a GradScaler on older GPUs (Pascal,
+  Volta), fp32 on CPUs. Matmuls that stay in fp32 use TF32 tensor cores on Ampere and newer.
+- Compilation is regional: each encoder and decoder layer is compiled on its own (torchtitan's way), with dynamic
+  shapes. Every encoder layer shares one compiled graph and every decoder layer another, so compile time does not
+  grow with depth, and batches of new lengths reuse the graphs instead of compiling again. Evaluation and decoding
+  run eagerly (`eager()`): they never compile, and never evict or invalidate the training graphs.
+"""
+
+import contextlib
+
+import torch
+
+from config import UserError
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on P4000/V100-class GPUs
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU: use fp32 or bf16 on a CPU")
+    return requested
+
+
+def make_autocast(precision: str, device: torch.device):
+    """A factory of autocast contexts for `precision` (a no-op context in fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_tf32(device: torch.device) -> None:
+    if device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def compile_by_default(requested: bool | None, device: torch.device) -> bool:
+    """--compile unset: on with CUDA (it pays for itself once per layer kind), off on CPU."""
+    return requested if requested is not None else device.type == "cuda"
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """Regional compilation, in place: every encoder and decoder layer of `model` (a model.Transformer) is
+    compiled with dynamic shapes. Nothing compiles here; the first training step does, once per layer kind."""
+    for layer in [*model.encoder_layers, *model.decoder_layers]:
+        layer.compile(dynamic=True)
+
+
+def eager():
+    """A context in which compiled layers run eagerly and nothing compiles: evaluation and decoding, whose shapes
+    and modes (no grad, key/value caches) differ from training's."""
+    return torch.compiler.set_stance("force_eager")
+
+
+def compilation_count() -> int:
+    """Graphs compiled by torch._dynamo in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

@@ -1,0 +1,23 @@
+"""Evaluation helpers: which sentences are scored, and the placeholder-match rate reported beside BLEU."""
+
+from evaluation import max_output_length, placeholder_match_rate, scored_sample
+
+
+def test_validation_scores_a_fixed_random_sample_not_the_first_lines_of_the_file():
+    sample = scored_sample(801, 500)
+    assert sample == scored_sample(801, 500) and len(set(sample)) == 500 and sample == sorted(sample)
+    assert max(sample) > 700 and sample != list(range(500))  # from the whole split, not its head
+    assert scored_sample(300, 500) == list(range(300))
+
+
+def test_placeholder_match_rate_counts_only_references_that_keep_their_sources_placeholders():
+    sources = ["%s copied", "%d files in %s", "no placeholder", "%s", "{0} done"]
+    references = ["%s copiati", "%s: %d file", "nessuno", "tradotto senza", "{0} fatto"]
+    hypotheses = ["%s copiati", "%d file in %", "nessuno", "x", "{0} fatto"]
+    # Eligible: the first (kept), the second (a %s lost), the fifth (kept); not 3 (none) nor 4 (reference drops it).
+    assert placeholder_match_rate(sources, references, hypotheses) == 2 / 3
+    assert placeholder_match_rate(["a"], ["b"], ["c"]) is None
+
+
+def test_output_limit_is_per_sentence():
+    assert max_output_length(7) == 24
