@@ -125,7 +125,8 @@ def fixed_size_batches(ds, sentences: list[int], batch_size: int, seq_len: int, 
                          f"sentences, fewer than {count} padded batches need")
     order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(SEED)).tolist()
     chosen = [sentences[i] for i in order[:count * batch_size]]
-    batches = [data.collate([ds[i] for i in chosen[k:k + batch_size]], TOKENIZE_LEN) for k in range(0, len(chosen), batch_size)]
+    batches = [data.collate([ds[i] for i in chosen[k:k + batch_size]], TOKENIZE_LEN)
+               for k in range(0, len(chosen), batch_size)]
     longest = max(v.shape[1] for b in batches for v in b.values())
     if longest > seq_len:
         raise SystemExit(f"--seq_len {seq_len}: shorter than the longest sentence of these batches ({longest} tokens)")

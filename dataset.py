@@ -63,26 +63,82 @@ def _local_files(patterns: list[str]) -> list[str]:
         if not matches:
             raise UserError(f"--data_files: no file matches {pattern!r}")
         files.extend(matches)
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"--data_files: the corpus is empty ({', '.join(files)} hold no pairs)")
     return files
 
 
-def _load_with_datasets(cfg: Config, streaming: bool = False):
-    """A DatasetDict (an IterableDatasetDict when streaming) from the hub, a local dataset folder, or --data_files.
-    Remote --data_files (s3://...) go to fsspec, which takes credentials from the standard AWS environment variables
-    or profile, and an S3-compatible store's address from AWS_ENDPOINT_URL."""
+SPLITS = ("train", "validation", "test")
+DATA_FILE_ENDINGS = (".jsonl", ".json", ".parquet")
+
+
+def split_of_file(path: str) -> str | None:
+    """The split a file's name says it holds: a word of the name starting with "train"; "valid", "val", "dev" or
+    "eval"; or containing "test" (newstest2014); None when it says none."""
+    words = re.split(r"[^a-z0-9]+", os.path.basename(path).lower().split(".")[0])
+    if any(w.startswith("train") for w in words):
+        return "train"
+    if any(w.startswith(("valid", "dev")) or w in ("val", "eval", "evaluation") for w in words):
+        return "validation"
+    if any("test" in w for w in words):
+        return "test"
+    return None
+
+
+def _files_by_split(cfg: Config) -> dict[str, list[str]] | None:
+    """--data_files as `train=a.jsonl,validation=b.jsonl,test=c.jsonl` (a file without `split=` is training data),
+    or the data files of a local --dataset folder, each assigned by `split_of_file`: when no name says a split,
+    every file is training data; when some do, a file whose name says none is refused rather than guessed.
+    None for a hub dataset."""
+    if cfg.data_files:
+        by_split = {}
+        for entry in (e.strip() for e in cfg.data_files.split(",") if e.strip()):
+            split, _, pattern = entry.rpartition("=") if "=" in entry.split("://")[0] else ("", "", entry)
+            split = split or "train"
+            if split not in SPLITS:
+                raise UserError(f"--data_files: {split!r} is not a split; use train=..., validation=... or test=...")
+            by_split.setdefault(split, []).append(pattern)
+        return by_split
+    if not os.path.isdir(cfg.dataset):
+        return None
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(cfg.dataset) for name in names
+                   if name.endswith(DATA_FILE_ENDINGS))
+    if not files:
+        raise UserError(f"--dataset {cfg.dataset}: no {'/'.join(DATA_FILE_ENDINGS)} file in this folder")
+    named = {f: split_of_file(f) for f in files}
+    if not any(named.values()):
+        return {"train": files}
+    unnamed = [f for f, split in named.items() if split is None]
+    if unnamed:
+        raise UserError(f"--dataset {cfg.dataset}: cannot tell which split {os.path.basename(unnamed[0])} holds (its "
+                        f"name says neither train, validation/dev nor test); rename it, or pass --data_files "
+                        f"train=...,validation=...,test=...")
+    return {split: [f for f in files if named[f] == split] for split in SPLITS if split in named.values()}
+
+
+def _load_with_datasets(cfg: Config, streaming: bool = False, report=None):
+    """A DatasetDict (an IterableDatasetDict when streaming) from the hub, a local dataset folder, or --data_files;
+    `report(line)` is told which file went to which split. Remote --data_files (s3://...) go to fsspec, which takes
+    credentials from the standard AWS environment variables or profile, and an S3-compatible store's address from
+    AWS_ENDPOINT_URL."""
     import datasets  # heavy: imported only when a non-builtin corpus is asked for
 
     datasets.disable_progress_bars()
-    if cfg.data_files:
-        patterns = [p.strip() for p in cfg.data_files.split(",") if p.strip()]
+    by_split = _files_by_split(cfg)
+    if by_split is not None:
+        patterns = [p for split in by_split.values() for p in split]
         remote = [p for p in patterns if is_remote(p)]
         if remote and len(remote) != len(patterns):
             raise UserError("--data_files: give only local files or only remote (s3://) ones")
-        files = patterns if remote else _local_files(patterns)
-        builder, source, flag = _data_file_builder(files), files, "data_files"
+        files = {split: found if remote else _local_files(found) for split, found in by_split.items()}
+        every_file = [f for found in files.values() for f in found]
+        if "train" not in files:
+            raise UserError("--data_files: no training files (a file without split= is training data)")
+        if not remote and all(os.path.getsize(f) == 0 for f in every_file):
+            raise UserError(f"--data_files: the corpus is empty ({', '.join(every_file)} hold no pairs)")
+        builder, flag = _data_file_builder(every_file), "data_files" if cfg.data_files else "dataset"
+        source = cfg.data_files or cfg.dataset
         options = _storage_options() if remote else None
+        if report is not None:
+            report("data files: " + "; ".join(f"{split} <- {', '.join(found)}" for split, found in files.items()))
         load = lambda: datasets.load_dataset(builder, data_files=files, streaming=streaming,  # noqa: E731
                                              storage_options=options)
     else:
@@ -167,7 +223,7 @@ def load_corpus(cfg: Config, report=None) -> dict[str, Pairs]:
 
         splits = builtin_corpus.build_builtin_corpus(seed=0)
     else:
-        splits = dict(_load_with_datasets(cfg))
+        splits = dict(_load_with_datasets(cfg, report=report))
     if "train" not in splits:
         raise UserError(f"--dataset: the corpus has no 'train' split (it has: {', '.join(sorted(splits))})")
     corpus = {name: _pairs_from_examples(examples, name, cfg.lang_src, cfg.lang_tgt)

@@ -135,12 +135,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = c
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model)
-        if c.share_embeddings:
-            if c.src_vocab_size != c.tgt_vocab_size:
-                raise ValueError("shared embeddings need one vocabulary size for both languages")
-            self.src_embed = self.tgt_embed
-        else:
-            self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
+        if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
+            raise ValueError("shared embeddings need one vocabulary size for both languages")
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
         self.register_buffer("positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
         self.embed_dropout = nn.Dropout(c.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))
@@ -149,6 +146,9 @@ class Transformer(nn.Module):
         self.decoder_norm = nn.LayerNorm(c.d_model)
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         self._init_weights()
+        # Shared as parameters, not as one module under two names: FSDP loads a module reached twice wrongly.
+        if c.share_embeddings:
+            self.src_embed.weight = self.tgt_embed.weight
         if c.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
 

@@ -16,6 +16,7 @@ Two sources:
 
     python real_corpora.py --langs it,de,fr,es --out corpora              # -> corpora/system-en-it/train.jsonl ...
     python real_corpora.py --source libreoffice --langs de --out corpora  # -> corpora/libreoffice-en-de/train.jsonl
+    python real_corpora.py --langs de --max_pairs 27000 --out corpora     # also corpora/system-en-de-27000/
     python train.py --data_files corpora/system-en-it/train.jsonl --lang_tgt it ...
 
 Each corpus folder holds only train.jsonl: the trainer holds out validation and test pairs itself.  Text is kept
@@ -27,6 +28,7 @@ import argparse
 import codecs
 import json
 import os
+import random
 import re
 import shutil
 import struct
@@ -191,6 +193,21 @@ def write_corpus(catalogs: list[Path], lang: str, out_file: Path) -> Counts:
     return counts
 
 
+SAMPLE_SEED = 1
+
+
+def write_sample(full_file: Path, max_pairs: int, out_file: Path) -> int:
+    """A corpus of `max_pairs` pairs drawn at random (a fixed seed) from `full_file`, for measuring at the size of a
+    user's corpus; returns the number written. Lines are kept as they are, ids included."""
+    with open(full_file, encoding="utf-8", newline="\n") as f:
+        lines = f.readlines()
+    random.Random(SAMPLE_SEED).shuffle(lines)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_file, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines[:max_pairs])
+    return min(max_pairs, len(lines))
+
+
 # ------------------------------------------------------------------------------------------------ sources
 
 def mo_files(directory: Path) -> list[Path]:
@@ -262,7 +279,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--locale_dir", default=SYSTEM_LOCALE_DIR, help="where --source system looks for catalogs")
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR,
                         help="where --source libreoffice keeps downloaded and unpacked packages")
+    parser.add_argument("--max_pairs", type=int,
+                        help="also write a random sample of this many pairs to <out>/<source>-en-<lang>-<N>/")
     args = parser.parse_args(argv)
+    if args.max_pairs is not None and args.max_pairs < 1:
+        parser.error("--max_pairs: must be positive")
     args.langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     if not args.langs:
         parser.error("--langs: give at least one language")
@@ -282,6 +303,9 @@ def main(argv=None) -> None:
             counts = write_corpus(files, lang, out_file)
             print(f"{out_file}: {counts.pairs} pairs")
             print(f"  {args.source}-en-{lang}: {counts.summary()}")
+            if args.max_pairs:
+                sample = Path(args.out) / f"{args.source}-en-{lang}-{args.max_pairs}" / "train.jsonl"
+                print(f"{sample}: {write_sample(out_file, args.max_pairs, sample)} pairs drawn at random")
     except CorpusError as e:
         raise SystemExit(f"real_corpora.py: error: {e}") from None
 

@@ -30,7 +30,7 @@ import dataset as data
 import parallel
 import perf
 import runtime
-from config import (Config, UserError, max_time_seconds, model_config, parse_config, sized_for_corpus, to_dict,
+from config import (Config, UserError, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict,
                     validate)
 from distributed import (DistInfo, LateAgreement, all_reduce_sum_, any_rank, barrier, broadcast_from_main,
                          destroy_distributed, dist_max, dist_sum, gather_to_main, init_distributed, main_first,
@@ -250,10 +250,10 @@ def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
     """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
     rank's batches. Nothing is written before every start-up check has passed."""
     corpus = main_first(lambda: data.load_corpus(cfg, say))  # rank 0 first: hub downloads land in the cache once
-    cfg, sized = sized_for_corpus(cfg, None if cfg.streaming else len(corpus["train"]))
+    cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(corpus["train"]), info.device.type)
     say(f"config: {json.dumps(to_dict(cfg))}")
-    if sized:
-        say(f"defaults for this corpus: {sized}")
+    if chosen:
+        say(f"defaults chosen: {chosen}")
     run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
     check_folder_is_shared(cfg, info)
     # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
@@ -438,7 +438,7 @@ class Run:
         with runtime.eager():
             result = evaluate(parallel.evaluation_model(self.parts.raw_model, self.parts.make_model),
                               corpus.valid_set.dataset, corpus.pairs["validation"], corpus.valid_set.kept,
-                              corpus.tgt_tok, self.info, self.cfg.batch_size, self.cfg.eval_max_sentences,
+                              corpus.tgt_tok, self.info, eval_batch_size(self.cfg), self.cfg.eval_max_sentences,
                               self.autocast)
         self.last_eval_step = state.step
         if self.info.is_main:
@@ -558,7 +558,7 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
     if best is not None:
         raw_model.load_state_dict(best)
     which = f"best checkpoint, step {best_step}" if best is not None else "final weights (no best checkpoint saved)"
-    result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, tgt_tok, info, cfg.batch_size,
+    result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, tgt_tok, info, eval_batch_size(cfg),
                       len(test_set.dataset), autocast, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
     if info.is_main:
         say(f"test ({which}, beam {cfg.beam_size}, length penalty {cfg.length_penalty}): BLEU {result.bleu:.2f} | "
@@ -570,6 +570,11 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
         if result.placeholder_match is not None:
             scores["test/placeholder_match"] = result.placeholder_match
         monitor.log_summary(scores)
+
+
+def eval_batch_size(cfg: Config) -> int:
+    """Sentences decoded together: at least 64, since decoding pays per step, not per sentence."""
+    return max(cfg.batch_size, 64)
 
 
 def placeholder_text(result) -> str:

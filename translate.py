@@ -14,6 +14,7 @@ used unless --checkpoint says otherwise. Runs on the GPU when there is one, else
 import argparse
 import hashlib
 import os
+import re
 import sys
 
 import torch
@@ -98,15 +99,45 @@ class Translator:
         self.device = device
         self.step = state["step"]
 
+    def pieces(self, text: str) -> list[str]:
+        """`text` as pieces that fit the model's positions: itself when it fits, else its sentences (split after
+        . ! ? and line breaks), and any sentence still too long in runs of whole words (a single word longer than the
+        model's positions, which no model can take, is cut)."""
+        limit = self.config.seq_len - 1  # room for EOS
+        if len(self.src_tok.encode(text, add_special_tokens=False).ids) <= limit:
+            return [text]
+        out = []
+        for sentence in (s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()):
+            current = ""
+            for word in sentence.split(" "):
+                longer = f"{current} {word}" if current else word
+                if current and len(self.src_tok.encode(longer, add_special_tokens=False).ids) > limit:
+                    out.append(current)
+                    longer = word
+                current = longer
+            out.append(current)
+        return out
+
     @torch.no_grad()
     def translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
-        """Translations in input order; batches of similar length; sources longer than the model's positions are
-        cut (with a warning)."""
-        limit = self.config.seq_len - 1  # room for EOS
+        """Translations in input order, in batches of similar length. A source longer than the model's positions is
+        translated sentence by sentence (see `pieces`) and the translations joined, never truncated."""
+        pieces = [self.pieces(text) for text in sentences]
+        if any(len(p) > 1 for p in pieces):
+            split = sum(len(p) > 1 for p in pieces)
+            print(f"{split} inputs longer than {self.config.seq_len - 1} tokens were translated in pieces (sentences)",
+                  file=sys.stderr)
+            flat = self._translate([piece for p in pieces for piece in p], beam_size, length_penalty, batch_size)
+            joined, at = [], 0
+            for p in pieces:
+                joined.append(" ".join(flat[at:at + len(p)]))
+                at += len(p)
+            return joined
+        return self._translate(sentences, beam_size, length_penalty, batch_size)
+
+    def _translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
+        limit = self.config.seq_len - 1
         encoded = [e.ids for e in self.src_tok.encode_batch(sentences, add_special_tokens=False)]
-        cut = sum(len(ids) > limit for ids in encoded)
-        if cut:
-            print(f"WARNING: {cut} sentences longer than {limit} tokens were cut to fit the model", file=sys.stderr)
         sources = [torch.tensor(ids[:limit] + [data.EOS_ID]) for ids in encoded]
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out = [""] * len(sources)
@@ -146,9 +177,14 @@ def evaluation_pairs(args, translator: Translator) -> tuple[list[str], list[str]
             raise UserError(f"--source has {len(sources)} lines but --reference has {len(references)}")
         return sources, references, args.source
     test = data.load_corpus(translator.config)["test"]  # the same corpus and held-out split as in training
-    if not test:
+    # The pairs training's own test score covers: those that fit --seq_len, as tokenized for training.
+    tokenized = data.tokenize_pairs(test, translator.src_tok, translator.tgt_tok, translator.config.seq_len)
+    if not tokenized.kept:
         raise UserError("the training corpus has no test split (--test_size 0): pass --source and --reference")
-    return [s for s, _ in test], [t for _, t in test], "the test split"
+    left_out = len(test) - len(tokenized.kept)
+    test = [test[i] for i in tokenized.kept]
+    what = "the test split" + (f" ({left_out} pairs longer than --seq_len left out, as in training)" if left_out else "")
+    return [s for s, _ in test], [t for _, t in test], what
 
 
 def main(argv: list[str] | None = None) -> None:

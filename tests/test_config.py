@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from config import Config, UserError, build_parser, parse_config, parse_duration, sized_for_corpus, validate
+from config import Config, UserError, build_parser, parse_config, parse_duration, resolve_defaults, validate
 
 
 def test_every_setting_is_a_flag_with_help():
@@ -66,22 +66,36 @@ def test_invalid_values_name_the_flag(args, flag):
     (1_000_000, 0.2, 16000),
     (4_500_000, 0.1, 32000),  # WMT'16 en-de scale
 ])
-def test_unset_dropout_and_vocabulary_follow_the_corpus_size(pairs, dropout, vocab_size):
-    cfg, note = sized_for_corpus(parse_config(["--data_files", "corpus.jsonl"]), pairs)
+def test_long_runs_take_dropout_and_vocabulary_from_the_corpus_size(pairs, dropout, vocab_size):
+    cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", "--num_epochs", "40"]), pairs, "cpu")
     assert (cfg.dropout, cfg.vocab_size) == (dropout, vocab_size)
     assert f"--dropout {dropout}" in note and f"--vocab_size {vocab_size}" in note and f"{pairs:,}" in note
+    cfg, _ = resolve_defaults(parse_config(["--data_files", "c.jsonl", "--max_time", "1d"]), pairs, "cuda")
+    assert (cfg.dropout, cfg.vocab_size) == (dropout, vocab_size)
 
 
-def test_the_builtin_corpus_keeps_its_measured_dropout():
-    cfg, note = sized_for_corpus(parse_config([]), 20_000)
-    assert (cfg.dropout, cfg.vocab_size) == (0.1, 4000)
+def test_short_runs_of_real_corpora_learn_fast_with_a_joint_vocabulary_and_small_cpu_batches():
+    for flags in ([], ["--max_time", "14m"], ["--max_time", "2h"], ["--num_epochs", "10"]):
+        cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", *flags]), 27_000, "cpu")
+        assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, cfg.batch_size) == (0.1, 4000, True, 16), flags
+        assert "a short run, on cpu" in note
+    cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl"]), 27_000, "cuda")
+    assert cfg.batch_size == 64 and cfg.num_epochs == 4
+    cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", "--max_time", "14m"]), 27_000, "cpu")
+    assert cfg.num_epochs >= 10**9 and "--num_epochs until --max_time" in note  # the budget ends the run
+
+
+def test_the_builtin_corpus_keeps_its_measured_dropout_and_separate_vocabularies():
+    cfg, note = resolve_defaults(parse_config(["--num_epochs", "40"]), 20_000, "cpu")
+    assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab) == (0.1, 4000, False)
 
 
 def test_values_given_on_the_command_line_are_kept_whatever_the_corpus_size():
-    cfg, note = sized_for_corpus(parse_config(["--dropout", "0.05"]), 20_000)
-    assert (cfg.dropout, cfg.vocab_size) == (0.05, 4000) and "--dropout" not in note
-    cfg, note = sized_for_corpus(parse_config(["--dropout", "0.0", "--vocab_size", "500"]), 10_000_000)
-    assert (cfg.dropout, cfg.vocab_size, note) == (0.0, 500, "")
+    cfg, note = resolve_defaults(parse_config(["--dropout", "0.05", "--batch_size", "8"]), 20_000, "cpu")
+    assert (cfg.dropout, cfg.vocab_size, cfg.batch_size) == (0.05, 4000, 8) and "--dropout" not in note
+    cfg, note = resolve_defaults(parse_config(["--dropout", "0.0", "--vocab_size", "500", "--no-share_vocab",
+                                               "--batch_size", "32", "--num_epochs", "3"]), 10_000_000, "cpu")
+    assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, note) == (0.0, 500, False, "")
 
 
 def test_max_time_takes_durations_and_refuses_anything_else():

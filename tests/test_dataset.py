@@ -259,7 +259,8 @@ def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_traine
     assert len(everything) == len(set(everything)) and all("\u0300" not in t for _, t in everything)
     held_out = {s for s, _ in corpus["validation"] + corpus["test"]}
     assert held_out and not held_out & {s for s, _ in corpus["train"]}
-    (line,) = lines
+    files_line, line = lines
+    assert files_line == f"data files: train <- {files}"
     assert "86 pairs read, 1 NFC-normalized; dropped 2 with an empty side, 1 with a length ratio over 4, " \
            "1 duplicates" in line and "kept 1 untranslated" in line
     removed = int(line.split("duplicates, ")[1].split(" training pairs")[0])
@@ -279,3 +280,26 @@ def test_placeholders_stay_whole_and_special_token_names_are_plain_text():
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
     assert data.placeholders("%*s/%s kB (%d%%) {0} %(name)s, 100% done") == ["%*s", "%s", "%d", "%%", "{0}",
                                                                              "%(name)s"]
+
+
+def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path):
+    assert [data.split_of_file(n) for n in ("train.jsonl", "eval.jsonl", "dev-2020.parquet", "newstest2014.jsonl",
+                                            "corpus.jsonl", "heldout.jsonl")] == \
+        ["train", "validation", "validation", "test", None, None]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [(f"Sentence {i}.", f"Frase {i}.") for i in range(30)])
+    write_jsonl(folder / "eval.jsonl", [(f"Other {i}.", f"Altra {i}.") for i in range(4)])
+    write_jsonl(folder / "newstest2014.jsonl", [(f"Test {i}.", f"Prova {i}.") for i in range(3)])
+    lines = []
+    corpus = data.load_corpus(parse_config(["--dataset", str(folder)]), lines.append)
+    assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (30, 4, 3)
+    assert "validation <- " in lines[0] and "eval.jsonl" in lines[0] and "newstest2014.jsonl" in lines[0]
+    write_jsonl(folder / "heldout.jsonl", [("Held.", "Tenuta.")])  # says no split, beside files that do
+    with pytest.raises(UserError, match="cannot tell which split heldout.jsonl holds"):
+        data.load_corpus(parse_config(["--dataset", str(folder)]))
+    explicit = f"train={folder / 'train.jsonl'},validation={folder / 'heldout.jsonl'}"
+    corpus = data.load_corpus(parse_config(["--data_files", explicit, "--test_size", "5"]))
+    assert corpus["validation"] == [("Held.", "Tenuta.")] and len(corpus["test"]) == 5
+    with pytest.raises(UserError, match="'dev' is not a split"):
+        data.load_corpus(parse_config(["--data_files", f"dev={folder / 'eval.jsonl'}"]))

@@ -146,3 +146,15 @@ def test_cli_on_a_locale_tree(tmp_path):
     failed = subprocess.run(cli + ["--langs", "it,fr"], capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0
     assert failed.stderr.strip().count("\n") == 0 and "no .mo catalogs for language 'fr'" in failed.stderr
+
+
+def test_a_sample_of_the_corpus_is_drawn_at_random_the_same_way_every_time(tmp_path):
+    full = tmp_path / "full.jsonl"
+    full.write_text("".join(f'{{"id": "{i}", "translation": {{"en": "e{i}", "it": "i{i}"}}}}\n' for i in range(100)))
+    assert rc.write_sample(full, 30, tmp_path / "a" / "train.jsonl") == 30
+    assert rc.write_sample(full, 30, tmp_path / "b" / "train.jsonl") == 30
+    sample = (tmp_path / "a" / "train.jsonl").read_text().splitlines()
+    assert sample == (tmp_path / "b" / "train.jsonl").read_text().splitlines()
+    ids = [int(json.loads(line)["id"]) for line in sample]
+    assert len(set(ids)) == 30 and ids != sorted(ids)  # distinct lines, in a shuffled order
+    assert rc.write_sample(full, 500, tmp_path / "c" / "train.jsonl") == 100

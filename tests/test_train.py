@@ -163,7 +163,7 @@ def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corp
 def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp_path, toy_corpus, capsys):
     folder = tmp_path / "w"
     base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
-            str(folder), "--max_steps", "2", "--save_every", "2"]
+            str(folder), "--max_steps", "2", "--save_every", "2", "--no-share_vocab"]
     assert run_in_process(base, capsys)[0] == 0
     code, _, err = run_in_process([*base, "--lang_src", "it", "--lang_tgt", "en"], capsys)
     assert code == 2 and "--lang_src en (checkpoint) vs it (now)" in err and "--lang_tgt it (checkpoint) vs en" in err
@@ -179,14 +179,14 @@ def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_
     folder = tmp_path / "w"
     base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
             str(folder), "--max_steps", "2", "--save_every", "2"]
-    code, out, err = run_in_process([*base, "--share_vocab"], capsys)
-    assert code == 0, err
+    code, out, err = run_in_process(base, capsys)  # on by default for a corpus of one's own
+    assert code == 0 and "--share_vocab True" in out, err
     assert (folder / "tokenizer_en.json").read_text() == (folder / "tokenizer_it.json").read_text()
     joint = data.tokenizer_from_json((folder / "tokenizer_en.json").read_text())
     assert joint.token_to_id("Il") is not None and joint.token_to_id("The") is not None  # both languages
     saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
     assert torch.equal(saved["model"]["src_embed.weight"], saved["model"]["tgt_embed.weight"])
-    code, _, err = run_in_process(base, capsys)  # the same folder without the flag: another architecture
+    code, _, err = run_in_process([*base, "--no-share_vocab"], capsys)  # the same folder: another architecture
     assert code == 2 and "--share_vocab True (checkpoint) vs False (now)" in err
     code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2"), "--max_steps",
                                    "2"], capsys)

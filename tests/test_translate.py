@@ -122,3 +122,15 @@ def test_missing_or_incompatible_folders_are_clear_errors(trained, tmp_path):
     mismatch = run_translate(["--model_folder", str(other), "hello"])
     assert mismatch.returncode == 2 and "is not the tokenizer" in mismatch.stderr
     assert "Traceback" not in missing.stderr + empty.stderr + mismatch.stderr
+
+
+def test_inputs_longer_than_the_model_are_translated_sentence_by_sentence_not_cut(trained):
+    folder, _ = trained
+    translator = translate.Translator(str(folder), "best", torch.device("cpu"))
+    sentence = "The red cat sees the dog."
+    long_input = " ".join([sentence] * 40)  # far over --seq_len 128 tokens
+    assert translator.pieces(sentence) == [sentence]
+    assert translator.pieces(long_input) == [sentence] * 40
+    (alone,) = translator.translate([sentence], 1, 1.0, 8)
+    (joined,) = translator.translate([long_input], 1, 1.0, 8)
+    assert joined == " ".join([alone] * 40)  # every sentence translated, none dropped or cut
