@@ -488,13 +488,14 @@ class Run:
                     self.say(f"compiled {runtime.compilation_count() - graphs} graphs in "
                              f"{time.perf_counter() - step_started:.1f} s (step {state.step}; "
                              f"{runtime.compilation_count()} in all)")
-                    window = Window.new(info.device)  # compilation time is not training time
+                    window.start += time.perf_counter() - step_started  # compiling is not training: not timed
                 else:
                     window.add(micro_batches, result, cfg, parts.raw_model.config.tgt_vocab_size)
                 epoch_done = batches.exhausted()
                 self.skipped_steps += result.skipped
                 progress.update(1)
-                if window.steps and (state.step % cfg.log_every == 0 or state.step == parts.total_steps):
+                # Every rank logs at the same steps (a collective), whatever its window holds.
+                if state.step % cfg.log_every == 0 or state.step == parts.total_steps:
                     log_window(window, result, state.step, state.epoch, self.skipped_steps, parts.scheduler,
                                self.peak, info, self.monitor, progress, self.say)
                     window = Window.new(info.device)
@@ -594,7 +595,8 @@ def log_window(window: Window, last: StepResult, step: int, epoch: int, skipped_
     metrics = {"train/loss": loss_sum / max(tokens, 1), "train/lr": scheduler.get_last_lr()[0],
                "train/grad_norm": last.grad_norm.item(), "train/tokens_per_s": real / elapsed,
                "train/tokens_per_s_per_device": real / elapsed / info.world_size,
-               "train/padding_efficiency": real / max(padded, 1), "train/step_ms": 1000 * elapsed / window.steps,
+               "train/padding_efficiency": real / max(padded, 1),
+               "train/step_ms": 1000 * elapsed / max(window.steps, 1),
                "train/mfu": flops / elapsed / (peak * info.world_size) if peak else 0.0,
                "train/epoch": epoch, "train/skipped_steps": int(skipped_steps.item()),
                "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}

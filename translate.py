@@ -183,7 +183,8 @@ def evaluation_pairs(args, translator: Translator) -> tuple[list[str], list[str]
         raise UserError("the training corpus has no test split (--test_size 0): pass --source and --reference")
     left_out = len(test) - len(tokenized.kept)
     test = [test[i] for i in tokenized.kept]
-    what = "the test split" + (f" ({left_out} pairs longer than --seq_len left out, as in training)" if left_out else "")
+    what = "the test split" + (f" ({left_out} pairs longer than --seq_len left out, as in training)"
+                               if left_out else "")
     return [s for s, _ in test], [t for _, t in test], what
 
 
