@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of the speed work in one call of at most 8 minutes, for a session lent a GPU for a short while:
+# Every GPU check of the speed work in one call of at most 8 minutes (the step limits add up to 470 s), for a
+# session lent a GPU for a short while:
 #   bash gpu_check.sh [OUT_FOLDER]          (default: $OUT, else ./gpu_check_out)
 # Each step is bounded by `timeout` and logs to OUT/<step>.log; OUT/summary.txt gathers the lines that matter.
 # Needs torch with CUDA, tokenizers, sacrebleu and tqdm (the builtin corpus and --wandb_mode disabled need neither
@@ -24,25 +25,25 @@ step() {  # step NAME SECONDS COMMAND...: run, time, keep the log, note the exit
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >> "$summary" 2>&1
 
 # 1. The quick start on one GPU, end to end (4 epochs, validations, test scoring): goal <= 60 s.
-step quickstart 150 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" \
+step quickstart 120 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" \
     --wandb_mode disabled
 grep -E "compiled|^step [0-9]+ \| loss|BLEU|^test|done" "$out/quickstart.log" | tail -12 >> "$summary"
 # 2. The same command again: it resumes and has nothing left to train.
-step resume 60 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" --wandb_mode disabled
+step resume 40 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" --wandb_mode disabled
 grep -E "resumed|done" "$out/resume.log" >> "$summary"
 # 3. translate.py on the GPU: beam 4 over the test split.
-step translate 60 python translate.py --model_folder "$folder/quick" --evaluate
+step translate 40 python translate.py --model_folder "$folder/quick" --evaluate
 tail -2 "$out/translate.log" >> "$summary"
 # 4. FSDP in bf16 on one GPU against DDP's step time (goal: within 1.5x).
-step fsdp 90 torchrun --standalone --nproc_per_node=1 train.py --strategy fsdp --max_steps 300 --log_every 50 \
+step fsdp 60 torchrun --standalone --nproc_per_node=1 train.py --strategy fsdp --max_steps 300 --log_every 50 \
     --eval_every 100000 --model_folder "$folder/fsdp" --wandb_mode disabled
 grep -E "compiled|^step [0-9]+ \| loss|ms/step" "$out/fsdp.log" | tail -4 >> "$summary"
 # 5. fp16 with a GradScaler (the P4000/V100 path): trains, and reports any step skipped for an overflow.
-step fp16 60 torchrun --standalone --nproc_per_node=1 train.py --precision fp16 --max_steps 60 --log_every 20 \
+step fp16 40 torchrun --standalone --nproc_per_node=1 train.py --precision fp16 --max_steps 60 --log_every 20 \
     --eval_every 100000 --model_folder "$folder/fp16" --wandb_mode disabled
 grep -E "^step|skipped" "$out/fp16.log" | tail -4 >> "$summary"
 # 6. The benchmark: base preset, compile on, compilation reported apart from step time; goal <= 4 minutes.
-step bench 240 python bench.py --preset base --max_tokens 16384 --steps 30 --skip_ddp --json "$out/bench.json"
+step bench 170 python bench.py --preset base --max_tokens 16384 --steps 30 --skip_ddp --json "$out/bench.json"
 grep -vE "^\[" "$out/bench.log" | tail -16 >> "$summary"
 rm -rf "$folder"
 cat "$summary"
