@@ -139,24 +139,24 @@ def any_rank(flag: bool) -> bool:
 
 
 class LateAgreement:
-    """Flags raised on any rank (a stop signal, a spent time budget), agreed by every rank one step late without
-    waiting: each call starts an all-reduce (MAX, on the CPU gloo group) of this rank's flags and returns the
-    result of the previous call's, which has long arrived. Every rank gets the same answer at the same step; a
-    flag must stay raised once raised. In one process the flags come back at once."""
+    """Values that only grow (a stop flag, the share of a time budget spent), agreed by every rank one step late
+    without waiting: each call starts an all-reduce (MAX, on the CPU gloo group) of this rank's values and returns
+    the result of the previous call's, which has long arrived (zeros at the first call). Every rank gets the same
+    answer at the same step. In one process the values come back at once."""
 
     def __init__(self):
         self.pending = None
 
-    def __call__(self, flags: list[bool]) -> list[bool]:
+    def __call__(self, values: list[float]) -> list[float]:
         if not is_distributed():
-            return flags
-        mine = torch.tensor([float(flag) for flag in flags])
+            return list(values)
+        mine = torch.tensor(values, dtype=torch.float64)
         work = dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=_cpu_group, async_op=True)
         previous, self.pending = self.pending, (work, mine)
         if previous is None:
-            return [False] * len(flags)
+            return [0.0] * len(values)
         previous[0].wait()
-        return [value > 0 for value in previous[1].tolist()]
+        return previous[1].tolist()
 
     def close(self) -> None:
         """Wait for the last all-reduce: none may be left in flight when the process group goes."""

@@ -226,9 +226,9 @@ def train(cfg: Config, info: DistInfo) -> None:
     runtime.enable_tf32(info.device)
     say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
     cfg, corpus = load_data(cfg, info, say)
-    parts = build_model(cfg, info, corpus, precision, say)
+    parts = build_model(cfg, info, corpus, precision, started, say)
     state = resume(cfg, info, corpus, parts, say)
-    run = Run(cfg, info, corpus, parts, state, runtime.make_autocast(precision, info.device), started, say)
+    run = Run(cfg, info, corpus, parts, state, runtime.make_autocast(precision, info.device), say)
     stopping = run.loop()
     run.finish(stopping)
 
@@ -308,7 +308,7 @@ class ModelParts:
     precision: str
 
 
-def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, say) -> ModelParts:
+def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, started: float, say) -> ModelParts:
     """The model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps), sharded by FSDP,
     and its optimizer, learning-rate schedule and gradient scaler."""
     torch.manual_seed(cfg.seed)
@@ -322,29 +322,37 @@ def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, say
     optimizer = build_optimizer(raw_model, cfg)
     epochs_steps = math.inf if corpus.steps_per_epoch is None else cfg.num_epochs * corpus.steps_per_epoch
     total_steps = min(cfg.max_steps or math.inf, epochs_steps)  # a stream's epochs have no known length
-    budget = BudgetClock(max_time_seconds(cfg))
+    budget = BudgetClock(max_time_seconds(cfg), started)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, budget.fraction_used))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     return ModelParts(raw_model, make_model, optimizer, scheduler, scaler, total_steps, budget, precision)
 
 
 class BudgetClock:
-    """--max_time: the seconds of the budget spent, counting those of the runs before a resume."""
+    """--max_time: the seconds of the budget spent, counting those of the runs before a resume. Each rank reads its
+    own clock, but what steers training (the end of the run, the cosine schedule) is `agreed`, the share spent as
+    agreed by all ranks: every replica must take the same learning rate at the same step."""
 
-    def __init__(self, budget_s: float):
-        self.budget_s, self.before_s, self.start = budget_s, 0.0, time.perf_counter()
+    def __init__(self, budget_s: float, started: float):
+        self.budget_s, self.before_s, self.start = budget_s, 0.0, started
+        self.agreed = 0.0
 
-    def resume_from(self, spent_s: float, started: float) -> None:
-        self.before_s, self.start = spent_s, started
+    def resume_from(self, spent_s: float) -> None:
+        self.before_s = spent_s
+        self.agreed = self._share(spent_s)  # from the checkpoint: the same on every rank
+
+    def _share(self, seconds: float) -> float:
+        return min(seconds / self.budget_s, 1.0) if math.isfinite(self.budget_s) else 0.0
 
     def spent(self) -> float:
         return self.before_s + time.perf_counter() - self.start
 
-    def fraction_used(self) -> float:
-        return min(self.spent() / self.budget_s, 1.0) if math.isfinite(self.budget_s) else 0.0
+    def share_spent(self) -> float:
+        """This rank's own reading: to be agreed, not acted on."""
+        return self._share(self.spent())
 
-    def run_out(self) -> bool:
-        return self.spent() >= self.budget_s
+    def fraction_used(self) -> float:
+        return self.agreed
 
 
 @dataclass
@@ -377,6 +385,7 @@ def resume(cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, say) 
     state = TrainState(step=saved["step"], epoch=saved["epoch"], position=saved_position(saved, cfg, info, say),
                        run_id=saved["wandb_run_id"], best_bleu=saved["best_bleu"], best_step=saved["best_step"],
                        skipped_steps=saved["skipped_steps"], time_spent_s=saved.get("time_spent_s", 0.0))
+    parts.budget.resume_from(state.time_spent_s)
     if len(saved["rng"]) == info.world_size:
         set_rng_state(saved["rng"][info.rank], info.device)
     say(f"resumed from step {state.step} (epoch {state.epoch}, "
@@ -390,11 +399,10 @@ class Run:
     be called by every rank at the same step."""
 
     def __init__(self, cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, state: TrainState, autocast,
-                 started: float, say):
+                 say):
         self.cfg, self.info, self.corpus, self.parts, self.state = cfg, info, corpus, parts, state
         self.autocast, self.say = autocast, say
         self.skipped_steps = torch.full((), float(state.skipped_steps), device=info.device)  # counted on the device
-        parts.budget.resume_from(state.time_spent_s, started)
         compile_model = runtime.compile_by_default(cfg.compile, info.device)
         self.model = parallel.wrap(parts.raw_model, cfg, info.world_size, info.device, compile_model)
         self.compiling = compile_model
@@ -503,8 +511,10 @@ class Run:
                     self.evaluate()
                 if state.step % cfg.save_every == 0:
                     self.save()
-                # A signal may reach one rank only, and clocks differ: every rank stops after this same step.
-                stopping, out_of_time = agree([stop.received is not None, parts.budget.run_out()])
+                # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and
+                # takes the same learning rate from the same agreed share of the budget.
+                signalled, parts.budget.agreed = agree([float(stop.received is not None), parts.budget.share_spent()])
+                stopping, out_of_time = signalled > 0, parts.budget.agreed >= 1.0
                 if stopping or out_of_time:
                     break
             if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)

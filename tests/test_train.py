@@ -293,6 +293,18 @@ def test_cosine_schedule_follows_the_time_budget_when_it_runs_out_first():
     assert multiplier(100) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_learning_rate_follows_the_agreed_budget_share_not_this_ranks_clock():
+    import time
+
+    clock = train.BudgetClock(100.0, started=time.perf_counter() - 50)  # this rank's clock: half spent
+    assert clock.share_spent() == pytest.approx(0.5, abs=0.01) and clock.fraction_used() == 0.0  # not agreed yet
+    clock.agreed = 0.25  # what the ranks agreed on, one step late
+    assert clock.fraction_used() == 0.25
+    clock.resume_from(80.0)  # a resumed run starts from the checkpoint's figure, the same on every rank
+    assert clock.fraction_used() == 0.8 and clock.share_spent() > 1.0 - 1e-9
+    assert train.BudgetClock(float("inf"), time.perf_counter()).share_spent() == 0.0
+
+
 def test_max_time_ends_training_like_a_normal_end_and_counts_time_before_a_resume(tmp_path, toy_corpus, capsys):
     folder = tmp_path / "w"
     base = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
