@@ -39,7 +39,7 @@ import dataset as data
 import model as ours
 import perf
 from config import UserError
-from runtime import compile_layers, make_autocast, resolve_precision
+from runtime import compile_by_default, compile_layers, make_autocast, resolve_precision
 
 PRESETS = {
     "tiny": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=3),  # train.py's defaults
@@ -83,8 +83,7 @@ def parse_args() -> argparse.Namespace:
         args.precision = resolve_precision(args.precision, args.device)  # the trainer's own policy
     except UserError as e:
         p.error(str(e))
-    if args.compile is None:
-        args.compile = args.device.type == "cuda"
+    args.compile = compile_by_default(args.compile, args.device)  # the trainer's own policy
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -262,15 +262,15 @@ class Transformer(nn.Module):
         lengths = torch.zeros(batch * k, device=src.device)
         caches = self._decoding_caches(max_new_tokens)
         offsets = torch.arange(batch, device=src.device)[:, None] * k
+        # An ended beam continues with padding at no cost: its score stays as it was (torch.where, not masked
+        # assignment, which would wait for the device to count the ended beams).
+        vocab = self.config.tgt_vocab_size
+        padding_only = torch.full((vocab,), float("-inf"), device=src.device)
+        padding_only[pad] = 0.0
         steps = 0
         for step in range(max_new_tokens):
             logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
-            # An ended beam continues with padding at no cost: its score stays as it was (torch.where, not masked
-            # assignment, which would wait for the device to count the ended beams).
-            vocab = log_probs.shape[-1]
-            padding_only = torch.full((vocab,), float("-inf"), device=src.device)
-            padding_only[pad] = 0.0
             log_probs = torch.where(finished[:, None], padding_only, log_probs)
             candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
             scores, best = candidates.topk(k, dim=-1)
