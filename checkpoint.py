@@ -61,9 +61,18 @@ def list_checkpoints(folder: str, report_incomplete: bool = False) -> list[tuple
 
 
 def check_writable(folder: str) -> None:
-    """A clear error before training when the model folder cannot be created or written."""
+    """A clear error before training when the model folder cannot be created or written. Creates nothing: a start
+    refused later leaves no trace (the folder is made by the first write, once every check has passed)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(folder, exist_ok=True)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        if existing != os.path.abspath(folder):  # to be created: its nearest existing parent must take it
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(f"{existing} cannot be written")
+            return
         probe = os.path.join(folder, f".write-test-{uuid.uuid4().hex}")
         with open(probe, "w") as f:
             f.write("ok")

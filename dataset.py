@@ -10,6 +10,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import unicodedata
 from dataclasses import dataclass
 
@@ -584,6 +585,14 @@ class DistributedBatchSampler(Sampler[list[int]]):
     def position_after(self, batches_done: int) -> int:
         """Samples of the epoch consumed once this rank has taken `batches_done` batches since `set_epoch`."""
         return self.start_sample + self._plan()[1][batches_done]
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start-up. SIGTERM and SIGINT reach a whole process group (torchrun stopping its workers,
+    Slurm's --signal, docker stop, Ctrl-C): the trainer answers them by saving, then shuts its data workers down
+    itself, so the workers must outlive the signal or the trainer dies of their death before it can save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class LoaderBatches:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import runtime
 from config import UserError
 
 
@@ -31,6 +32,7 @@ class DistInfo:
 def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     if "RANK" not in os.environ:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        runtime.check_gpu_supported(device)
         return DistInfo(rank=0, local_rank=0, world_size=1, device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
@@ -38,9 +40,10 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
                             f"lower --nproc_per_node")
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        runtime.check_gpu_supported(device)  # on every rank, before any kernel or collective
         # Before init_process_group, so NCCL binds this process to its own GPU.
         torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)

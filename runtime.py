@@ -10,6 +10,7 @@ translate.py, so that the three run the model the same way.
 """
 
 import contextlib
+import re
 
 import torch
 
@@ -38,6 +39,44 @@ def enable_tf32(device: torch.device) -> None:
     if device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# The CUDA 12.6 builds still carry kernels for Maxwell to Hopper; the default (PyPI) build starts at Turing.
+OLD_GPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+
+
+def runs_on(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch built for `arch_list` (torch.cuda.get_arch_list()) has kernels for a GPU of `capability`:
+    a binary for sm_XY runs on X.Y and later minors of X (an sm_XYa binary on X.Y alone); PTX for compute_XY is
+    compiled by the driver for X.Y and any later GPU."""
+    for arch in arch_list:
+        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)
+        if not match:
+            continue
+        kind, built = match[1], (int(match[2]), int(match[3]))
+        if match[4] == "a":
+            ok = capability == built
+        elif kind == "sm":
+            ok = capability[0] == built[0] and capability[1] >= built[1]
+        else:
+            ok = capability >= built
+        if ok:
+            return True
+    return False
+
+
+def check_gpu_supported(device: torch.device) -> None:
+    """Before the first CUDA kernel: a GPU this torch build has no kernels for (a P4000 or V100 under the default
+    CUDA 13 build) would otherwise fail at its first kernel with 'no kernel image is available'."""
+    if device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    arch_list = torch.cuda.get_arch_list()
+    if not runs_on(capability, arch_list):
+        raise UserError(f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) "
+                        f"is not supported by torch {torch.__version__} (CUDA {torch.version.cuda}, built for "
+                        f"{' '.join(arch_list)}): install a build that is, e.g. `{OLD_GPU_INSTALL}` "
+                        f"(README, Install)")
 
 
 def compile_by_default(requested: bool | None, device: torch.device) -> bool:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import random
 import resource
 import signal
@@ -113,16 +114,20 @@ def saved_position(saved: dict, cfg: Config, info: DistInfo, say):
 
 class StopSignal:
     """SIGTERM (preemption, torchrun stopping its workers) or SIGINT (Ctrl-C) asks for a clean stop: the loop
-    agrees on it across ranks at the next step boundary and saves. A second Ctrl-C stops at once."""
+    agrees on it across ranks at a step boundary and goes straight to the checkpoint. A second Ctrl-C stops at once.
+    torchrun kills its workers 30 s after forwarding a SIGTERM: the time to the committed checkpoint is logged."""
 
     def __init__(self):
         self.received: str | None = None
+        self.received_at: float | None = None  # time.perf_counter() of the first signal
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         if self.received and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.received is None:
+            self.received_at = time.perf_counter()
         self.received = signal.Signals(signum).name
 
 
@@ -153,9 +158,10 @@ class StepResult:
 
 
 def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], cfg: Config, info: DistInfo,
-               autocast) -> StepResult:
+               autocast, force_overflow: bool = False) -> StepResult:
     """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches.
-    No host-device sync: the optimizer skips a non-finite step on the device (fused AdamW's found_inf)."""
+    No host-device sync: the optimizer skips a non-finite step on the device (fused AdamW's found_inf).
+    `force_overflow` (tests, gpu_check.sh) makes the loss infinite, as an fp16 overflow does."""
     batches = [{k: b[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out")}
                for b in micro_batches]
     # Normalise by the global count of target tokens, so every token weighs the same whatever the split. Counted on
@@ -172,6 +178,8 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
                                          label_smoothing=cfg.label_smoothing, reduction="sum")
             # DDP and FSDP average gradients over ranks; scaling by the world size turns that into a global sum.
             scaled = micro_loss * info.world_size / global_tokens
+            if force_overflow:
+                scaled = scaled * math.inf
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += micro_loss.detach()
     if scaler:
@@ -228,6 +236,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     cfg, corpus = load_data(cfg, info, say)
     parts = build_model(cfg, info, corpus, precision, started, say)
     state = resume(cfg, info, corpus, parts, say)
+    run_on_main(lambda: claim_folder(cfg, corpus))
     run = Run(cfg, info, corpus, parts, state, runtime.make_autocast(precision, info.device), say)
     stopping = run.loop()
     run.finish(stopping)
@@ -239,6 +248,7 @@ class Corpus:
     pairs: dict  # {"train", "validation", "test"}: pairs (with --streaming, "train" is a stream read lazily)
     src_tok: object
     tgt_tok: object
+    tokenizer_json: tuple[str, str]  # source, target: written to --model_folder once the start is accepted
     tokenizer_ids: dict  # sha256 of each tokenizer's JSON: a resumed checkpoint must match them
     valid_set: data.Tokenized
     batches: object  # data.LoaderBatches or data.StreamBatches
@@ -248,7 +258,7 @@ class Corpus:
 
 def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
     """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
-    rank's batches. Nothing is written before every start-up check has passed."""
+    rank's batches. Nothing is written here (see `claim_folder`)."""
     corpus = main_first(lambda: data.load_corpus(cfg, say))  # rank 0 first: hub downloads land in the cache once
     cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(corpus["train"]), info.device.type)
     say(f"config: {json.dumps(to_dict(cfg))}")
@@ -283,7 +293,8 @@ def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
         # mid-epoch resume would then see another dropout stream than an uninterrupted run.
         loader = DataLoader(train_set.dataset, batch_sampler=sampler,
                             collate_fn=functools.partial(data.collate, max_len=cfg.seq_len), pin_memory=on_gpu,
-                            num_workers=num_workers, persistent_workers=False, generator=torch.Generator())
+                            num_workers=num_workers, persistent_workers=False, generator=torch.Generator(),
+                            worker_init_fn=data.ignore_stop_signals if num_workers else None)
         batches = data.LoaderBatches(loader, sampler)
         steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
     for name, split in splits:
@@ -291,9 +302,16 @@ def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
             f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
     if len(valid_set.dataset) == 0:
         raise UserError(f"--seq_len {cfg.seq_len}: no validation pair fits; raise --seq_len")
-    run_on_main(lambda: (data.save_tokenizers(cfg, src_json, tgt_json),
-                         checkpoint.remove_stale_temporaries(cfg.model_folder)))
-    return cfg, Corpus(corpus, src_tok, tgt_tok, tokenizer_ids, valid_set, batches, steps_per_epoch, num_workers)
+    return cfg, Corpus(corpus, src_tok, tgt_tok, (src_json, tgt_json), tokenizer_ids, valid_set, batches,
+                       steps_per_epoch, num_workers)
+
+
+def claim_folder(cfg: Config, corpus: Corpus) -> None:
+    """Rank 0, once every start-up check (the resume's included) has passed: the run's first writes to
+    --model_folder. A refused start leaves the folder as it was."""
+    os.makedirs(cfg.model_folder, exist_ok=True)
+    data.save_tokenizers(cfg, *corpus.tokenizer_json)
+    checkpoint.remove_stale_temporaries(cfg.model_folder)
 
 
 @dataclass
@@ -413,6 +431,9 @@ class Run:
         self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
         self.last_saved_step = state.step if state.step > 0 else -1  # a resumed step is already on disk
         self.last_eval_step = -1
+        self.stop_since: tuple[float, str] | None = None  # when a stop signal came (or was agreed), and which
+        # Tests and gpu_check.sh only: TRAINER_TEST_OVERFLOW_AT_STEP=N makes step N's loss overflow.
+        self.overflow_step = int(os.environ.get("TRAINER_TEST_OVERFLOW_AT_STEP", "0"))
 
     def save(self) -> None:
         """Collective: every rank hands its RNG state (and stream position) and its shard of the model under FSDP to
@@ -489,7 +510,7 @@ class Run:
                 graphs = runtime.compilation_count() if self.compiling else 0
                 step_started = time.perf_counter()
                 result = train_step(self.model, parts.raw_model, parts.optimizer, parts.scaler, micro_batches, cfg,
-                                    info, self.autocast)
+                                    info, self.autocast, force_overflow=state.step + 1 == self.overflow_step)
                 parts.scheduler.step()
                 state.step += 1
                 if self.compiling and runtime.compilation_count() > graphs:  # the host waited for the compiler
@@ -502,21 +523,21 @@ class Run:
                 epoch_done = batches.exhausted()
                 self.skipped_steps += result.skipped
                 progress.update(1)
+                # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and
+                # takes the same learning rate from the same agreed share of the budget.
+                signalled, parts.budget.agreed = agree([float(stop.received is not None), parts.budget.share_spent()])
+                stopping, out_of_time = signalled > 0, parts.budget.agreed >= 1.0
                 # Every rank logs at the same steps (a collective), whatever its window holds.
                 if state.step % cfg.log_every == 0 or state.step == parts.total_steps:
                     log_window(window, result, state.step, state.epoch, self.skipped_steps, parts.scheduler,
                                self.peak, info, self.monitor, progress, self.say)
                     window = Window.new(info.device)
+                if stopping or out_of_time:
+                    break  # before any evaluation or periodic save: a stop must reach its checkpoint in time
                 if state.step % cfg.eval_every == 0:
                     self.evaluate()
                 if state.step % cfg.save_every == 0:
                     self.save()
-                # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and
-                # takes the same learning rate from the same agreed share of the budget.
-                signalled, parts.budget.agreed = agree([float(stop.received is not None), parts.budget.share_spent()])
-                stopping, out_of_time = signalled > 0, parts.budget.agreed >= 1.0
-                if stopping or out_of_time:
-                    break
             if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
                 state.epoch, state.position, self.in_epoch = state.epoch + 1, None, False
                 if not stopping:
@@ -527,6 +548,7 @@ class Run:
         progress.close()
         if stopping:
             self.say(f"stop requested ({stop.received or 'on another rank'}): saving step {state.step} and exiting")
+            self.stop_since = (stop.received_at or time.perf_counter(), "signal" if stop.received else "agreed stop")
         elif out_of_time:
             self.say(f"--max_time {cfg.max_time} spent ({parts.budget.spent():.0f} s): training ends at step "
                      f"{state.step}")
@@ -539,6 +561,10 @@ class Run:
         if not stopping and self.last_eval_step != state.step:
             self.evaluate()
         self.save()
+        if stopping:
+            since, what = self.stop_since
+            self.say(f"checkpoint of step {state.step} committed {time.perf_counter() - since:.1f} s after the "
+                     f"{what}")
         if not stopping:
             if cfg.average_last >= 2:
                 averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))

@@ -21,6 +21,7 @@ import torch
 
 import checkpoint
 import dataset as data
+import runtime
 from config import Config, UserError, model_config
 from evaluation import corpus_scores, decode_tokens
 from model import Transformer
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
             else torch.device(args.device)
+        runtime.check_gpu_supported(device)
         translator = Translator(args.model_folder, args.checkpoint, device)
         print(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}", file=sys.stderr)
         if args.evaluate:

@@ -27,10 +27,13 @@ def corpus(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "toy.jsonl", toy_pairs(400))
 
 
-def start(folder, corpus, nproc=2, launcher=("--standalone",), env=None, extra=()) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *launcher, "train.py",
-               *MODEL, "--data_files", corpus, "--model_folder", str(folder), *extra]
-    return subprocess.Popen(command, cwd=ROOT, env=child_env(env), text=True,
+def start(folder, corpus, nproc=2, launcher=("--standalone",), env=None, extra=(), script="train.py",
+          python_only=False) -> subprocess.Popen:
+    """torchrun (or, with python_only, plain python) running `script` in a process group of its own, as a job
+    started from a shell is: a signal to the group reaches what a Ctrl-C or `kill -- -PGID` would."""
+    launch = [] if python_only else ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *launcher]
+    command = [sys.executable, *launch, script, *MODEL, "--data_files", corpus, "--model_folder", str(folder), *extra]
+    return subprocess.Popen(command, cwd=ROOT, env=child_env(env), text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -187,9 +190,57 @@ def test_nodes_with_different_folders_resume_through_rank_0_or_stop_clearly(tmp_
     assert all(code != 0 for code, _, _ in results)
     for _, _, err in results:
         assert "error: --model_folder" in err and "sees checkpoint step 4 but global rank 0 sees none" in err
-    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not os.listdir(b)
+    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not b.exists()  # nothing written
 
     results = two_nodes(a, b, 6)  # rank 0 reads its folder and broadcasts: rank 1 needs none
     assert all(code == 0 for code, _, _ in results), results[1][2][-3000:]
     assert "resumed from step 4" in results[0][1]
     assert [s for s, _ in checkpoint.list_checkpoints(str(a))][-1] == 6
+
+
+@pytest.mark.parametrize("signal_to_group", [signal.SIGTERM, signal.SIGINT])
+def test_torchrun_stopped_by_a_signal_with_data_workers_saves_every_rank_exits_0_and_resumes_bit_identical(
+        tmp_path, corpus, reference, signal_to_group):
+    """SIGTERM to torchrun's process group (spot preemption, docker stop, `kill -- -PGID`), or Ctrl-C: torchrun
+    forwards SIGTERM to each worker's process group, DataLoader workers included."""
+    folder, statuses = tmp_path / "w", tmp_path / "statuses"
+    statuses.mkdir()
+    run = start(folder, corpus, extra=["--num_workers", "2"], script="tests/exit_status.py",
+                env={"EXIT_STATUS_DIR": str(statuses)})
+    wait_for_line(run, "step 3 |")
+    os.killpg(run.pid, signal_to_group)
+    _, out, err = finish(run, timeout=60)
+    assert sorted(os.listdir(statuses)) == ["rank0", "rank1"], err[-3000:]
+    assert [(statuses / f"rank{r}").read_text() for r in (0, 1)] == ["0", "0"], err[-3000:]
+    assert "DataLoader worker" not in err and f"stop requested ({signal_to_group.name})" in out
+    stopped_at = checkpoint.list_checkpoints(str(folder))[-1][0]
+    assert 3 <= stopped_at < STEPS and f"checkpoint of step {stopped_at} committed" in out
+    if signal_to_group == signal.SIGTERM:
+        code, out, err = finish(start(folder, corpus, extra=["--num_workers", "2"]))
+        assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
+        assert_bit_identical(final_parameters(folder), reference)
+
+
+def test_ctrl_c_on_a_python_run_with_data_workers_saves_and_exits_0(tmp_path, corpus):
+    """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once."""
+    run = start(tmp_path, corpus, extra=["--num_workers", "2"], python_only=True)
+    wait_for_line(run, "step 3 |")
+    os.killpg(run.pid, signal.SIGINT)
+    code, out, err = finish(run, timeout=60)
+    assert code == 0, err[-3000:]
+    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
+    assert "stop requested (SIGINT)" in out and f"checkpoint of step {stopped_at} committed" in out
+
+
+def test_a_stop_skips_a_due_evaluation_and_goes_straight_to_the_checkpoint(tmp_path, corpus):
+    """Every step is an evaluation step here: after the signal, none runs before the checkpoint."""
+    run = start(tmp_path, corpus, extra=["--eval_every", "1"], python_only=True)
+    wait_for_line(run, "step 3 | val loss")
+    os.killpg(run.pid, signal.SIGTERM)
+    code, out, err = finish(run, timeout=60)
+    assert code == 0, err[-3000:]
+    lines = out.splitlines()
+    stop = next(i for i, line in enumerate(lines) if line.startswith("stop requested (SIGTERM)"))
+    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
+    assert f"step {stopped_at} | val loss" not in out  # the step the stop was agreed at was not evaluated
+    assert not any("val loss" in line for line in lines[stop:])

@@ -1,6 +1,7 @@
 """End to end: train.py under python, torchrun and two torchrun agents, with resume, W&B offline and bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +81,14 @@ def test_two_nodes_train_together_and_only_global_rank_0_writes(tmp_path, toy_co
     assert sum("world size 2" in out for out, _ in outputs) == 1  # rank 0 alone prints
 
 
+def folder_state(folder) -> list | None:
+    """What a refused start must leave as it was: None for no folder, else every file with its size and mtime."""
+    if not os.path.exists(folder):
+        return None
+    return sorted((name, os.stat(os.path.join(folder, name)).st_size, os.stat(os.path.join(folder, name)).st_mtime_ns)
+                  for name in os.listdir(folder))
+
+
 def run_in_process(args: list[str], capsys) -> tuple[int, str, str]:
     try:
         train.main(args)
@@ -155,9 +164,11 @@ def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corp
     base = ["--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
             str(tmp_path / "w"), "--max_steps", "2", "--save_every", "2"]
     assert run_in_process([*TINY_MODEL, *base], capsys)[0] == 0
+    before = folder_state(tmp_path / "w")
     code, _, err = run_in_process([*TINY_MODEL, *base, "--d_ff", "128"], capsys)
     assert code == 2
     assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "another --model_folder" in err
+    assert folder_state(tmp_path / "w") == before
 
 
 def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp_path, toy_corpus, capsys):
@@ -212,10 +223,12 @@ def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
     torch.save({"step": 1, "payload": RunsCode()}, crafted)
     (folder / "ckpt_00000001.done").write_text(json.dumps({"step": 1, "bytes": crafted.stat().st_size}))
     args = [*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--max_steps", "2"]
+    before = folder_state(folder)
     for preload in ("latest", str(crafted)):
         code, out, err = run_in_process([*args, "--model_folder", str(folder), "--preload", preload], capsys)
         assert code == 2 and "refusing to load" in err and "could run code" in err
         assert "pwned" not in out + err
+        assert folder_state(folder) == before  # no tokenizers written beside the refused checkpoint
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -225,20 +238,28 @@ def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
     (["--model_folder", "FILE/sub"], "error: --model_folder"),
     (["--d_model", "30", "--num_heads", "4"], "error: --num_heads: must divide --d_model"),
     (["--seq_len", "4"], "error: --seq_len 4: too few training pairs fit"),
+    (["--preload", "999"], "error: --preload 999: no complete checkpoint of that step"),
+    (["--preload", "FILE.pt"], "error: --preload 'FILE.pt': no such file"),
 ])
-def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, toy_corpus, capsys, flags, message):
+@pytest.mark.parametrize("folder_exists", [False, True])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, toy_corpus, capsys, flags, message, folder_exists):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "FILE").write_text("a file where a folder should be")
     flags = [f.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace("FILE", str(tmp_path / "FILE"))
              for f in flags]
+    message = message.replace("FILE", str(tmp_path / "FILE"))
     folder = tmp_path / "weights"
+    if folder_exists:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("the user's own file")
+    before = folder_state(folder)
     data_flags = [] if "--data_files" in flags or "--dataset" in flags else ["--data_files", toy_corpus]
     code, _, err = run_in_process([*TINY_MODEL, *data_flags, "--valid_size", "20", "--test_size", "20",
                                    "--model_folder", str(folder), *flags], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith(message) and "Traceback" not in err
-    assert not folder.exists() or not os.listdir(folder)
+    assert folder_state(folder) == before  # not even an empty folder is left behind
 
 
 def test_bad_input_stops_every_rank_of_a_torchrun_job(tmp_path, toy_corpus):
@@ -336,3 +357,41 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
     for p in (model.src_embed.weight, model.encoder_norm.weight, model.encoder_layers[0].ff.up.bias):
         assert any(q is p for q in no_decay["params"]) and not any(q is p for q in decay["params"])
     assert decay["params"] and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_an_fp16_overflow_skips_the_step_halves_the_loss_scale_and_training_goes_on():
+    """The P4000/V100 path (fp16 autocast + GradScaler), run on the CPU: an overflowing step changes nothing but the
+    scale, and the next step trains."""
+    from distributed import DistInfo
+    from model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, num_heads=2, num_layers=1,
+                                    d_ff=32, dropout=0.0, max_len=16, pad_id=data.PAD_ID))
+    cfg = train.parse_config(["--d_model", "16"])
+    optimizer = train.build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    autocast = runtime.make_autocast("fp16", info.device)
+    tokens = torch.randint(4, 30, (4, 9))
+    batch = {"src": tokens[:, 1:], "tgt_in": tokens[:, :-1], "tgt_out": tokens[:, 1:]}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train.train_step(model, model, optimizer, scaler, [batch], cfg, info, autocast, force_overflow=True)
+    assert result.skipped.item() == 1.0 and scaler.get_scale() == 2.0**15
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.isfinite(result.loss_sum)  # the loss is reported as it was, before the overflow
+    result = train.train_step(model, model, optimizer, scaler, [batch], cfg, info, autocast)
+    assert result.skipped.item() == 0.0 and scaler.get_scale() == 2.0**15
+    assert not torch.equal(before["src_embed.weight"], model.state_dict()["src_embed.weight"])
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_forced_overflow_in_a_run_is_skipped_counted_and_training_goes_on(tmp_path, toy_corpus, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("TRAINER_TEST_OVERFLOW_AT_STEP", "3")
+    code, out, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size",
+                                     "20", "--model_folder", str(tmp_path / "w"), "--max_steps", "6"], capsys)
+    assert code == 0, err
+    assert "1 steps skipped so far for a non-finite loss or gradient" in out and "done: 6 steps, 1 skipped" in out
+    losses = [m["train/loss"] for m in metrics(tmp_path / "w") if "train/loss" in m]
+    assert len(losses) == 3 and all(map(math.isfinite, losses))
