@@ -44,7 +44,8 @@ class Config:
                                       "needs --max_steps): sharded over ranks, shuffled through a buffer")
     shuffle_buffer: int = _setting(10000, "with --streaming: pairs in each rank's shuffle buffer")
     tokenizer_sample: int | None = _setting(None, "train the tokenizers on the first N training pairs (default: all "
-                                                  "of an in-memory corpus, 100000 of a stream)")
+                                                  "of an in-memory corpus up to 500000 pairs, a fixed random sample "
+                                                  "of 500000 beyond; the first 100000 of a stream)")
     valid_size: int = _setting(500, "pairs held out for validation when the corpus has no validation split")
     test_size: int = _setting(500, "pairs held out for testing when the corpus has no test split")
 

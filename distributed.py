@@ -1,11 +1,15 @@
 """Process-group setup and teardown, and the few collectives the trainer needs, with names that say what they do.
 
 The same code runs under `python train.py` (world size 1, no process group) and under `torchrun` (RANK,
-LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set by the launcher). NCCL when CUDA is available, gloo otherwise.
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set by the launcher). On GPUs one process group with two backends,
+`cpu:gloo,cuda:nccl`: CUDA tensors go through NCCL, CPU tensors through gloo (the gradient norm of FSDP's CPU-offloaded
+shards, the small host-side agreements, and the object collectives, which then never sit in an NCCL kernel that
+its watchdog may abort). gloo alone on CPUs.
 """
 
 import datetime
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -40,21 +44,39 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
                             f"lower --nproc_per_node")
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        device, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
         runtime.check_gpu_supported(device)  # on every rank, before any kernel or collective
         # Before init_process_group, so NCCL binds this process to its own GPU.
         torch.cuda.set_device(local_rank)
     else:
         device, backend = torch.device("cpu"), "gloo"
+    gloo_interface_from_nccl(os.environ)
     timeout = datetime.timedelta(seconds=timeout_s)
     store = {}
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         store = {"store": _store_of_this_round(rank, world_size, timeout), "rank": rank, "world_size": world_size}
     dist.init_process_group(backend=backend, timeout=timeout, **store,
-                            **({"device_id": device} if backend == "nccl" else {}))
-    global _cpu_group
-    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+                            **({"device_id": device} if device.type == "cuda" else {}))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def gloo_interface_from_nccl(environ) -> None:
+    """gloo finds its network interface by resolving the host name, which on many images gives 127.0.1.1 (start-up
+    then fails or hangs across nodes). Users who name the interface for NCCL (NCCL_SOCKET_IFNAME) mean the same one
+    for gloo: GLOO_SOCKET_IFNAME is set from it unless given. NCCL's value is a list of name prefixes ("eth", "ens"),
+    exact names ("=eth0") or exclusions ("^docker", which gloo cannot express: left alone); gloo wants exact names,
+    so a prefix becomes the first interface of this machine that starts with it."""
+    wanted = environ.get("NCCL_SOCKET_IFNAME", "")
+    if environ.get("GLOO_SOCKET_IFNAME") or not wanted or wanted.startswith("^"):
+        return
+    if wanted.startswith("="):
+        names = wanted[1:].split(",")
+    else:
+        present = [name for _, name in socket.if_nameindex()]
+        names = [next((name for name in present if name.startswith(prefix)), None) for prefix in wanted.split(",")]
+        names = [name for name in names if name]
+    if names:
+        environ["GLOO_SOCKET_IFNAME"] = names[0]
 
 
 ROUND_STORE_KEY = "transformer-translation/round-store-port"
@@ -89,13 +111,7 @@ def _store_of_this_round(rank: int, world_size: int, timeout: datetime.timedelta
             time.sleep(0.2)  # the port of a previous round: rank 0 of this round has not published yet
 
 
-# A gloo group beside NCCL for small host-side agreements: asking it never waits for the GPU to finish its queue.
-_cpu_group = None
-
-
 def destroy_distributed() -> None:
-    global _cpu_group
-    _cpu_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -137,13 +153,13 @@ def any_rank(flag: bool) -> bool:
     if not is_distributed():
         return flag
     t = torch.tensor([float(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a CPU tensor: gloo
     return bool(t.item())
 
 
 class LateAgreement:
     """Values that only grow (a stop flag, the share of a time budget spent), agreed by every rank one step late
-    without waiting: each call starts an all-reduce (MAX, on the CPU gloo group) of this rank's values and returns
+    without waiting: each call starts an all-reduce (MAX, of a CPU tensor: gloo) of this rank's values and returns
     the result of the previous call's, which has long arrived (zeros at the first call). Every rank gets the same
     answer at the same step. In one process the values come back at once."""
 
@@ -154,7 +170,7 @@ class LateAgreement:
         if not is_distributed():
             return list(values)
         mine = torch.tensor(values, dtype=torch.float64)
-        work = dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=_cpu_group, async_op=True)
+        work = dist.all_reduce(mine, op=dist.ReduceOp.MAX, async_op=True)  # a CPU tensor: gloo
         previous, self.pending = self.pending, (work, mine)
         if previous is None:
             return [0.0] * len(values)
@@ -175,6 +191,52 @@ def broadcast_from_main(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    index: int
+    shape: tuple
+    dtype: torch.dtype
+
+
+def broadcast_tensors_from_main(obj, device: torch.device):
+    """Rank 0's `obj` (dicts, lists and tuples of tensors and small values: a checkpoint) on every rank, with the
+    tensors sent one by one through `device` (NCCL on GPUs, gloo on CPUs) and kept in CPU memory. A checkpoint
+    pickled whole would be one byte tensor of its full size on every GPU plus two or three host copies per rank;
+    here one tensor is in flight at a time and each rank holds one host copy."""
+    if not is_distributed():
+        return obj
+    tensors = []
+
+    def hollow(value):  # rank 0: the structure, each tensor replaced by a slot naming its place and shape
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            return _TensorSlot(len(tensors) - 1, tuple(value.shape), value.dtype)
+        if isinstance(value, dict):
+            return {k: hollow(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(hollow(v) for v in value)
+        return value
+
+    skeleton = broadcast_from_main(hollow(obj) if dist.get_rank() == 0 else None)
+    if dist.get_rank() == 0:
+        for tensor in tensors:
+            dist.broadcast(tensor.to(device).contiguous(), src=0)
+        return obj
+
+    def fill(value):  # the other ranks, slot by slot in the order `hollow` numbered them
+        if isinstance(value, _TensorSlot):
+            buffer = torch.empty(value.shape, dtype=value.dtype, device=device)
+            dist.broadcast(buffer, src=0)
+            return buffer.cpu()
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(fill(v) for v in value)
+        return value
+
+    return fill(skeleton)
 
 
 def gather_to_main(obj) -> list | None:
@@ -199,17 +261,42 @@ def raise_if_any_failed(error: str | None) -> None:
             raise UserError(message if len(errors) == 1 else f"{message} (on rank {rank})")
 
 
-def _on_main_first(fn):
-    """`fn()` on rank 0 (None elsewhere). Whatever it raises there is raised on every rank, so no rank is left
-    waiting alone in the next collective: a UserError as itself, anything else as a RuntimeError naming it."""
+# How long ranks wait for rank-0 work (hub download and preparation, tokenizer training, checkpoint reads and
+# averaging). They wait on the store, a TCP key lookup, not inside a collective: --dist_timeout and NCCL's watchdog
+# do not apply. If the rank doing the work dies, torchrun stops the job.
+LONG_WORK_WAIT = datetime.timedelta(hours=6)
+_long_waits = 0  # numbers the waits alike on every rank, which all make them in the same order
+
+
+def _after(work, key: str, is_worker: bool, is_waiter: bool):
+    """`work()` where `is_worker`; where `is_waiter`, first block on the store until the worker has set `key`."""
+    store = dist.distributed_c10d._get_default_store()
+    if is_waiter:
+        store.wait([key], LONG_WORK_WAIT)
+    if not is_worker:
+        return None
+    try:
+        return work()
+    finally:
+        store.set(key, "done")
+
+
+def on_main_only(fn):
+    """Collective. `fn()` on rank 0 (None elsewhere), the other ranks waiting on the store meanwhile. Whatever it raises there is
+    raised on every rank, so no rank is left waiting alone in the next collective: a UserError as itself, anything
+    else as a RuntimeError naming it."""
+    global _long_waits
     result, failure, error = None, None, None
-    if not is_distributed() or dist.get_rank() == 0:
-        try:
-            result = fn()
-        except UserError as e:
-            error = ("user", str(e))
-        except Exception as e:
-            failure, error = e, ("crash", f"{type(e).__name__}: {e}")
+    if not is_distributed():
+        return fn()
+    _long_waits += 1
+    main = dist.get_rank() == 0
+    try:
+        result = _after(fn, f"transformer-translation/main-done/{_long_waits}", is_worker=main, is_waiter=not main)
+    except UserError as e:
+        error = ("user", str(e))
+    except Exception as e:
+        failure, error = e, ("crash", f"{type(e).__name__}: {e}")
     error = broadcast_from_main(error)
     if failure is not None:
         raise failure  # rank 0 keeps its own traceback
@@ -221,17 +308,31 @@ def _on_main_first(fn):
 
 def run_on_main(fn):
     """Run `fn` on rank 0 only and hand its result to every rank; a UserError raised there is raised on all ranks."""
-    return broadcast_from_main(_on_main_first(fn))
+    return broadcast_from_main(on_main_only(fn))
 
 
 def main_first(fn):
-    """Run `fn` on rank 0, then on every other rank (so a download lands in the cache once); a UserError on any rank
-    is raised on all of them."""
-    result, error = _on_main_first(fn), None
-    if is_distributed() and dist.get_rank() != 0:
-        try:
-            result = fn()
-        except UserError as e:
-            error = str(e)
+    """Run `fn` on rank 0, then on local rank 0 of every other node, then on the remaining ranks, each waiting on the
+    store for the one before: a download or dataset preparation lands in a node's cache once, whether the cache is
+    shared by all nodes or local to each. A UserError on any rank is raised on all of them."""
+    global _long_waits
+    result = on_main_only(fn)
+    if not is_distributed():
+        return result
+    _long_waits += 1
+    prefix = f"transformer-translation/main-first/{_long_waits}"
+    rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    node_first = rank - local_rank  # torchrun numbers the ranks of a node consecutively
+    store, error = dist.distributed_c10d._get_default_store(), None
+    try:
+        work = (lambda: result) if rank == 0 else fn  # rank 0 has prepared already
+        node_result = _after(work, f"{prefix}/node/{node_first}", is_worker=local_rank == 0,
+                             is_waiter=local_rank != 0)
+        result = node_result if local_rank == 0 else fn()
+    except UserError as e:
+        error = str(e)
+    finally:  # the slowest node may take as long as rank 0 did: wait for it on the store, not in a collective
+        store.set(f"{prefix}/finished/{rank}", "done")
+        store.wait([f"{prefix}/finished/{r}" for r in range(dist.get_world_size())], LONG_WORK_WAIT)
     raise_if_any_failed(error)
     return result

@@ -118,9 +118,10 @@ def _names_by_position(raw_model: torch.nn.Module, optimizer: torch.optim.Optimi
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def load_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+def load_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict | None,
                     optimizer_state: dict) -> None:
-    """Every rank, with the same full state dicts (from any strategy): each keeps its own shard under FSDP."""
+    """Every rank, with the same full state dicts (from any strategy): each keeps its own shard under FSDP. Without
+    FSDP `model_state` may be None on ranks other than 0, whose weights DDP overwrites with rank 0's when it wraps."""
     if is_sharded(raw_model):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -128,7 +129,8 @@ def load_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer
         set_model_state_dict(raw_model, dict(model_state), options=options)  # a copy: FSDP swaps in its shards
         set_optimizer_state_dict(raw_model, optimizer, optimizer_state, options=options)
         return
-    raw_model.load_state_dict(model_state)
+    if model_state is not None:
+        raw_model.load_state_dict(model_state)
     position = {name: i for i, name in enumerate(_names_by_position(raw_model, optimizer))}
     optimizer.load_state_dict(
         {"state": {position[name]: state for name, state in optimizer_state["state"].items()},

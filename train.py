@@ -34,8 +34,8 @@ import runtime
 from config import (Config, UserError, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict,
                     validate)
 from distributed import (DistInfo, LateAgreement, all_reduce_sum_, any_rank, barrier, broadcast_from_main,
-                         destroy_distributed, dist_max, dist_sum, gather_to_main, init_distributed, main_first,
-                         raise_if_any_failed, run_on_main)
+                         broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
+                         init_distributed, main_first, on_main_only, raise_if_any_failed, run_on_main)
 from evaluation import evaluate
 from model import Transformer, count_parameters
 from monitor import RunMonitor, new_run_id
@@ -387,16 +387,21 @@ class TrainState:
 
 
 def resume(cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, say) -> TrainState:
-    """Rank 0 reads the checkpoint and broadcasts it, so every rank starts from the same state; a fresh run starts
-    at step 0. Seeds every rank's own dropout stream."""
+    """Rank 0 reads the checkpoint and broadcasts it tensor by tensor, so every rank starts from the same state; a
+    fresh run starts at step 0. Under DDP the weights stay on rank 0: wrapping the model copies them to the others.
+    Seeds every rank's own dropout stream."""
     state = TrainState(run_id=new_run_id())
     torch.manual_seed(cfg.seed + info.rank)  # a different dropout stream on every rank
     random.seed(cfg.seed + info.rank)
-    saved = run_on_main(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
+    read = on_main_only(lambda: checkpoint.read_preload(cfg.model_folder, cfg.preload))
+    weights_travel = parallel.is_sharded(parts.raw_model)  # each FSDP rank takes its shard of them
+    saved = broadcast_tensors_from_main(read if read is None or weights_travel else
+                                        {k: v for k, v in read.items() if k != "model"}, info.device)
     if not saved:
         return state
     check_resumable(saved, cfg, corpus.tokenizer_ids)
-    parallel.load_full_state(parts.raw_model, parts.optimizer, saved["model"], saved["optimizer"])
+    model_state = saved["model"] if weights_travel else (read["model"] if info.is_main else None)
+    parallel.load_full_state(parts.raw_model, parts.optimizer, model_state, saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
     if parts.scaler is not None and saved["scaler"]:
         parts.scaler.load_state_dict(saved["scaler"])
@@ -591,7 +596,8 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
         say("no test split to score (--test_size 0, or no pair fits --seq_len)")
         return
     path = checkpoint.checkpoint_path(cfg.model_folder, best_step) if best_step is not None else None
-    best = run_on_main(lambda: checkpoint.load_model_weights(path) if path else None)  # only the weights travel
+    best = broadcast_tensors_from_main(on_main_only(lambda: checkpoint.load_model_weights(path) if path else None),
+                                       info.device)  # only the weights travel
     if best is not None:
         raw_model.load_state_dict(best)
     which = f"best checkpoint, step {best_step}" if best is not None else "final weights (no best checkpoint saved)"

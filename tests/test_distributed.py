@@ -44,7 +44,7 @@ def micro_batches(examples, rank: int, world: int, accum: int) -> list[dict]:
 
 
 def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None,
-                      strategy: str = "ddp") -> tuple[dict, list[bool]]:
+                      strategy: str = "ddp", compile_model: bool = False) -> tuple[dict, list[bool]]:
     torch.manual_seed(0)
     raw = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=1,
                                   d_ff=64, dropout=0.0, max_len=32))
@@ -54,7 +54,7 @@ def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None
     cfg = dataclasses.replace(CFG, grad_accum_steps=accum, strategy=strategy)
     if strategy == "fsdp":
         parallel.shard(raw, cfg, "fp32", info.device)
-    model = parallel.wrap(raw, cfg, info.world_size, info.device, compile_model=False)
+    model = parallel.wrap(raw, cfg, info.world_size, info.device, compile_model=compile_model)
     # Fused AdamW as in training (it skips a step on the device, also over FSDP's sharded parameters), with an eps
     # so large that float noise in zero-gradient parameters (the key bias, to which softmax is invariant) is not
     # blown up to full-size updates, as Adam's normalisation would: the comparison stays near linear in the gradients.
@@ -72,20 +72,22 @@ def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None
     return {k: v.detach().clone() for k, v in full.items()}, skipped
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank, strategy: str):
+def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank, strategy: str,
+            compile_model: bool = False):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     info = init_distributed()
     try:
-        state, skipped = train_a_few_steps(info, accum, poison_rank, strategy)
+        state, skipped = train_a_few_steps(info, accum, poison_rank, strategy, compile_model)
         torch.save({"state": state, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
 
 
-def run_two_ranks(tmp_path, accum: int, poison_rank=None, strategy: str = "ddp") -> list[dict]:
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank, strategy), nprocs=2,
-                       start_method="spawn")
+def run_two_ranks(tmp_path, accum: int, poison_rank=None, strategy: str = "ddp",
+                  compile_model: bool = False) -> list[dict]:
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank, strategy, compile_model),
+                       nprocs=2, start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
@@ -97,9 +99,13 @@ def assert_same_parameters(a: dict, b: dict):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("strategy, accum", [("ddp", 1), ("ddp", 2), ("fsdp", 2)])
-def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, strategy, accum):
-    ranks = run_two_ranks(tmp_path, accum, strategy=strategy)
+@pytest.mark.parametrize("strategy, accum, compile_model", [
+    ("ddp", 1, False), ("ddp", 2, False), ("fsdp", 2, False),
+    ("ddp", 1, True),  # compiled layers under DDP's static graph: the default on GPUs
+    ("fsdp", 1, True),  # compiled layers under FSDP2's per-layer hooks
+])
+def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, strategy, accum, compile_model):
+    ranks = run_two_ranks(tmp_path, accum, strategy=strategy, compile_model=compile_model)
     single, _ = train_a_few_steps(SINGLE, accum=1)
     assert_same_parameters(ranks[0]["state"], ranks[1]["state"])
     assert_same_parameters(ranks[0]["state"], single)

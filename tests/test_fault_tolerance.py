@@ -48,7 +48,12 @@ def wait_for_line(process: subprocess.Popen, prefix: str) -> list[str]:
 
 
 def finish(process: subprocess.Popen, timeout=240) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # stop the whole job (its own session) and show where it was
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"no end within {timeout} s:\n{out[-3000:]}\n{err[-5000:]}") from None
     return process.returncode, out, err
 
 
