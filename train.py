@@ -332,7 +332,9 @@ def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, sta
     torch.manual_seed(cfg.seed)
     model_cfg = model_config(cfg, corpus.src_tok.get_vocab_size(), corpus.tgt_tok.get_vocab_size(), data.PAD_ID)
     make_model = lambda: Transformer(model_cfg).to(info.device)  # noqa: E731
-    raw_model = make_model()
+    # Under FSDP the full model is built in host memory and moved to the GPU unit by unit as it is sharded, so no
+    # GPU ever holds all of it (with --cpu_offload the shards stay in host memory).
+    raw_model = Transformer(model_cfg) if cfg.strategy == "fsdp" else make_model()
     say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
         f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
     if cfg.strategy == "fsdp":

@@ -94,7 +94,8 @@ def test_values_given_on_the_command_line_are_kept_whatever_the_corpus_size():
     cfg, note = resolve_defaults(parse_config(["--dropout", "0.05", "--batch_size", "8"]), 20_000, "cpu")
     assert (cfg.dropout, cfg.vocab_size, cfg.batch_size) == (0.05, 4000, 8) and "--dropout" not in note
     cfg, note = resolve_defaults(parse_config(["--dropout", "0.0", "--vocab_size", "500", "--no-share_vocab",
-                                               "--batch_size", "32", "--num_epochs", "3"]), 10_000_000, "cpu")
+                                               "--batch_size", "32", "--num_epochs", "3", "--num_layers", "3",
+                                               "--d_ff", "1024"]), 10_000_000, "cpu")
     assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, note) == (0.0, 500, False, "")
 
 
@@ -105,3 +106,16 @@ def test_max_time_takes_durations_and_refuses_anything_else():
     for bad in ("14x", "m", "1h 30m", "-5", "0", "soon"):
         with pytest.raises(UserError, match="--max_time: expected a positive duration such as 14m"):
             validate(parse_config(["--max_time", bad]))
+
+
+def test_a_short_time_budget_on_cpu_takes_a_smaller_network_and_explicit_shapes_stay():
+    for flags, device, shape in [(["--max_time", "14m"], "cpu", (2, 512)), (["--max_time", "2h"], "cpu", (2, 512)),
+                                 (["--max_time", "3h"], "cpu", (3, 1024)),  # a long run: the usual network
+                                 ([], "cpu", (3, 1024)),  # epochs, not a budget: the quick start's network
+                                 (["--max_time", "14m"], "cuda", (3, 1024))]:
+        cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", *flags]), 27_000, device)
+        assert (cfg.num_layers, cfg.d_ff) == shape, (flags, device)
+        assert f"--num_layers {shape[0]}" in note and f"--d_ff {shape[1]}" in note
+    cfg, note = resolve_defaults(parse_config(["--data_files", "c.jsonl", "--max_time", "14m", "--num_layers", "4",
+                                               "--d_ff", "256"]), 27_000, "cpu")
+    assert (cfg.num_layers, cfg.d_ff) == (4, 256) and "--num_layers" not in note

@@ -50,11 +50,32 @@ def wait_for_line(process: subprocess.Popen, prefix: str) -> list[str]:
 def finish(process: subprocess.Popen, timeout=240) -> tuple[int, str, str]:
     try:
         out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:  # stop the whole job (its own session) and show where it was
-        os.killpg(process.pid, signal.SIGKILL)
+    except subprocess.TimeoutExpired:  # stop the whole job, workers in their own sessions too, and show where it was
+        for pid in [process.pid, *descendants(process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         out, err = process.communicate()
         raise AssertionError(f"no end within {timeout} s:\n{out[-3000:]}\n{err[-5000:]}") from None
     return process.returncode, out, err
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def worker_pid(agent: subprocess.Popen, rank: int) -> int:
@@ -226,26 +247,28 @@ def test_torchrun_stopped_by_a_signal_with_data_workers_saves_every_rank_exits_0
         assert_bit_identical(final_parameters(folder), reference)
 
 
-def test_ctrl_c_on_a_python_run_with_data_workers_saves_and_exits_0(tmp_path, corpus):
-    """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once."""
-    run = start(tmp_path, corpus, extra=["--num_workers", "2"], python_only=True)
-    wait_for_line(run, "step 3 |")
-    os.killpg(run.pid, signal.SIGINT)
+def stop_python_run(folder, corpus, extra: list[str], when: str, sig: signal.Signals) -> tuple[str, int]:
+    """A `python train.py` run signalled, with its whole process group, once it prints a line starting with `when`:
+    its output and the step it saved, after checking it exited 0."""
+    run = start(folder, corpus, extra=extra, python_only=True)
+    wait_for_line(run, when)
+    os.killpg(run.pid, sig)
     code, out, err = finish(run, timeout=60)
     assert code == 0, err[-3000:]
-    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
-    assert "stop requested (SIGINT)" in out and f"checkpoint of step {stopped_at} committed" in out
+    stopped_at = checkpoint.list_checkpoints(str(folder))[-1][0]
+    assert f"stop requested ({sig.name})" in out and f"checkpoint of step {stopped_at} committed" in out
+    return out, stopped_at
+
+
+def test_ctrl_c_on_a_python_run_with_data_workers_saves_and_exits_0(tmp_path, corpus):
+    """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once."""
+    stop_python_run(tmp_path, corpus, ["--num_workers", "2"], "step 3 |", signal.SIGINT)
 
 
 def test_a_stop_skips_a_due_evaluation_and_goes_straight_to_the_checkpoint(tmp_path, corpus):
     """Every step is an evaluation step here: after the signal, none runs before the checkpoint."""
-    run = start(tmp_path, corpus, extra=["--eval_every", "1"], python_only=True)
-    wait_for_line(run, "step 3 | val loss")
-    os.killpg(run.pid, signal.SIGTERM)
-    code, out, err = finish(run, timeout=60)
-    assert code == 0, err[-3000:]
+    out, stopped_at = stop_python_run(tmp_path, corpus, ["--eval_every", "1"], "step 3 | val loss", signal.SIGTERM)
     lines = out.splitlines()
     stop = next(i for i, line in enumerate(lines) if line.startswith("stop requested (SIGTERM)"))
-    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
     assert f"step {stopped_at} | val loss" not in out  # the step the stop was agreed at was not evaluated
     assert not any("val loss" in line for line in lines[stop:])
