@@ -195,9 +195,17 @@ def broadcast_from_main(obj):
 
 @dataclass(frozen=True)
 class _TensorSlot:
-    index: int
     shape: tuple
     dtype: torch.dtype
+
+
+def _map_leaves(fn, value):
+    """`value` (dicts, lists and tuples of leaves) with `fn` applied to every leaf, in a fixed depth-first order."""
+    if isinstance(value, dict):
+        return {k: _map_leaves(fn, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_leaves(fn, v) for v in value)
+    return fn(value)
 
 
 def broadcast_tensors_from_main(obj, device: torch.device):
@@ -207,36 +215,21 @@ def broadcast_tensors_from_main(obj, device: torch.device):
     here one tensor is in flight at a time and each rank holds one host copy."""
     if not is_distributed():
         return obj
-    tensors = []
-
-    def hollow(value):  # rank 0: the structure, each tensor replaced by a slot naming its place and shape
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-            return _TensorSlot(len(tensors) - 1, tuple(value.shape), value.dtype)
-        if isinstance(value, dict):
-            return {k: hollow(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(hollow(v) for v in value)
-        return value
-
-    skeleton = broadcast_from_main(hollow(obj) if dist.get_rank() == 0 else None)
-    if dist.get_rank() == 0:
-        for tensor in tensors:
-            dist.broadcast(tensor.to(device).contiguous(), src=0)
+    if dist.get_rank() == 0:  # the structure first, each tensor replaced by its shape; then the tensors in order
+        broadcast_from_main(_map_leaves(
+            lambda v: _TensorSlot(tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v, obj))
+        _map_leaves(lambda v: dist.broadcast(v.to(device).contiguous(), src=0) if isinstance(v, torch.Tensor)
+                    else None, obj)
         return obj
 
-    def fill(value):  # the other ranks, slot by slot in the order `hollow` numbered them
-        if isinstance(value, _TensorSlot):
-            buffer = torch.empty(value.shape, dtype=value.dtype, device=device)
-            dist.broadcast(buffer, src=0)
-            return buffer.cpu()
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(fill(v) for v in value)
-        return value
+    def receive(value):
+        if not isinstance(value, _TensorSlot):
+            return value
+        buffer = torch.empty(value.shape, dtype=value.dtype, device=device)
+        dist.broadcast(buffer, src=0)
+        return buffer.cpu()
 
-    return fill(skeleton)
+    return _map_leaves(receive, broadcast_from_main(None))
 
 
 def gather_to_main(obj) -> list | None:
