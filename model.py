@@ -5,6 +5,7 @@ filled with -1e9 and fp16 cannot overflow), and a key/value cache for incrementa
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -134,33 +135,58 @@ class Transformer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.config = c
-        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model)
         if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
             raise ValueError("shared embeddings need one vocabulary size for both languages")
-        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
-        self.register_buffer("positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
-        self.embed_dropout = nn.Dropout(c.dropout)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
-        self.encoder_norm = nn.LayerNorm(c.d_model)
-        self.decoder_norm = nn.LayerNorm(c.d_model)
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
-        self._init_weights()
+        # The layers' own initial draws are thrown away (reset_parameters draws every value again) and must not
+        # move the global RNG: a model built on the meta device (FSDP) draws nothing here and still gets the same
+        # initial values.
+        with torch.random.fork_rng(devices=[]):
+            self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model)
+            self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
+            self.embed_dropout = nn.Dropout(c.dropout)
+            self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))
+            self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+            self.encoder_norm = nn.LayerNorm(c.d_model)
+            self.decoder_norm = nn.LayerNorm(c.d_model)
+            self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         # Shared as parameters, not as one module under two names: FSDP loads a module reached twice wrongly.
         if c.share_embeddings:
             self.src_embed.weight = self.tgt_embed.weight
         if c.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
+        self.register_buffer("positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
+        if not self.output.weight.is_meta:
+            self.reset_parameters()
 
-    def _init_weights(self):
+    def initial_values(self) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+        """Each parameter (a shared one once) with its initial value, drawn in host memory from the global RNG in
+        a fixed order, one tensor at a time: whoever materializes the parameters (all at once here, shard by shard
+        under FSDP) gets the same model from the same seed."""
+        owner = {}
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            for param in module.parameters(recurse=False):
+                owner.setdefault(id(param), module)  # a shared parameter is initialized as its first module's
+        for name, param in self.named_parameters():
+            module, value = owner[id(param)], torch.empty(param.shape)
+            if isinstance(module, nn.Embedding):
                 # Embeddings are scaled by sqrt(d_model) in _embed, so unit-variance rows after scaling.
-                nn.init.normal_(module.weight, std=self.config.d_model ** -0.5)
+                nn.init.normal_(value, std=self.config.d_model ** -0.5)
+            elif isinstance(module, nn.Linear) and name.endswith("weight"):
+                nn.init.xavier_uniform_(value)
+            elif isinstance(module, nn.LayerNorm) and name.endswith("weight"):
+                nn.init.ones_(value)
+            else:  # biases
+                nn.init.zeros_(value)
+            yield param, value
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for param, value in self.initial_values():
+            param.copy_(value)
+
+    def reset_buffers(self, device: torch.device) -> None:
+        """The constant position table, on `device`: after a model built on the meta device is materialized."""
+        self.positions = sinusoidal_positions(self.config.max_len, self.config.d_model).to(device)
 
     def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
         length = tokens.shape[1]

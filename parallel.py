@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import runtime
 from config import Config, UserError
-from model import Transformer
+from model import ModelConfig, Transformer
 
 # torch.distributed.fsdp and .checkpoint are imported only by FSDP runs: they add over a second to every start.
 
@@ -41,10 +41,30 @@ def check_strategy(cfg: Config) -> None:
                         "torchrun --standalone --nproc_per_node=1 train.py ...)")
 
 
+def build_sharded(model_cfg: ModelConfig, cfg: Config, precision: str, device: torch.device) -> Transformer:
+    """--strategy fsdp: the model built on the meta device (no memory anywhere), sharded, then each rank
+    materializes its own shards only, on the GPU (in host memory with --cpu_offload). Every rank draws each full
+    initial tensor in host memory, one at a time, from the same seed and keeps its slice: the same model as
+    `Transformer(model_cfg)` built whole, with no full copy in any GPU's or rank's memory."""
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.device("meta"):
+        raw_model = Transformer(model_cfg)
+    shard(raw_model, cfg, precision, device)
+    raw_model.to_empty(device="cpu" if cfg.cpu_offload else device)
+    with torch.no_grad():
+        for param, value in raw_model.initial_values():
+            # src_data_rank=None: each rank slices its own copy of `value`, no communication
+            param.to_local().copy_(distribute_tensor(value, param.device_mesh, param.placements,
+                                                     src_data_rank=None).to_local())
+    raw_model.reset_buffers(device)  # buffers are not sharded: the compute device, with or without offload
+    return raw_model
+
+
 def shard(raw_model: Transformer, cfg: Config, precision: str, device: torch.device) -> None:
-    """--strategy fsdp, in place, before the optimizer is built: each layer is a unit of all-gather and
-    reduce-scatter, the root holds the embeddings, the final norms and the output layer. Parameters are gathered in
-    bf16 under --precision bf16; gradients are reduced in fp32."""
+    """In place, before the optimizer is built: each layer is a unit of all-gather and reduce-scatter, the root
+    holds the embeddings, the final norms and the output layer. Parameters are gathered in bf16 under --precision
+    bf16; gradients are reduced in fp32."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
@@ -138,16 +158,26 @@ def load_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer
                           for group in optimizer_state["param_groups"]]})
 
 
-def evaluation_model(raw_model: torch.nn.Module, make_model) -> torch.nn.Module:
+def evaluation_model(raw_model: Transformer, precision: str, device: torch.device) -> Transformer:
     """Collective. The model to decode with. Ranks decode different sentences for different numbers of steps, and
-    under FSDP every layer call is a collective, so they would wait on each other forever: FSDP runs evaluate a
-    full, unsharded copy (built by `make_model`, without touching the training RNG streams) instead."""
+    under FSDP every layer call is a collective, so they would wait on each other forever: FSDP runs evaluate an
+    unsharded copy instead, gathered one parameter at a time with its matrices in the dtype the training forward
+    computes in (bf16 under --precision bf16: about 2 bytes a parameter on each GPU, the only full copy there)."""
     if not is_sharded(raw_model):
         return raw_model
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
-    weights = get_model_state_dict(raw_model, options=_state_dict_options(gathered=False))
-    with torch.random.fork_rng(devices=[]):
-        copy = make_model()
-    copy.load_state_dict(weights)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    gathered, weights = {}, {}
+    for name, param in raw_model.named_parameters(remove_duplicate=False):  # the same order on every rank
+        if id(param) not in gathered:  # cast before the gather: half the bytes to send under bf16
+            # Norm weights and biases (a tiny share) stay fp32, as the CPU's mixed-dtype layer norm requires
+            local = param.to_local().detach().to(device, dtype if param.dim() >= 2 else torch.float32)
+            gathered[id(param)] = DTensor.from_local(local, param.device_mesh, param.placements,
+                                                     shape=param.shape, stride=param.stride()).full_tensor()
+        weights[name] = gathered[id(param)]
+    with torch.device("meta"):
+        copy = Transformer(raw_model.config)
+    copy.load_state_dict(weights, assign=True)  # takes the gathered tensors as they are: no second allocation
+    copy.reset_buffers(device)
     return copy

@@ -317,7 +317,6 @@ def claim_folder(cfg: Config, corpus: Corpus) -> None:
 @dataclass
 class ModelParts:
     raw_model: Transformer  # the module evaluated and checkpointed (sharded in place under FSDP)
-    make_model: object  # builds a fresh, unsharded copy (FSDP evaluation)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -331,21 +330,19 @@ def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, sta
     and its optimizer, learning-rate schedule and gradient scaler."""
     torch.manual_seed(cfg.seed)
     model_cfg = model_config(cfg, corpus.src_tok.get_vocab_size(), corpus.tgt_tok.get_vocab_size(), data.PAD_ID)
-    make_model = lambda: Transformer(model_cfg).to(info.device)  # noqa: E731
-    # Under FSDP the full model is built in host memory and moved to the GPU unit by unit as it is sharded, so no
-    # GPU ever holds all of it (with --cpu_offload the shards stay in host memory).
-    raw_model = Transformer(model_cfg) if cfg.strategy == "fsdp" else make_model()
+    if cfg.strategy == "fsdp":
+        raw_model = parallel.build_sharded(model_cfg, cfg, precision, info.device)
+    else:
+        raw_model = Transformer(model_cfg).to(info.device)
     say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
         f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
-    if cfg.strategy == "fsdp":
-        parallel.shard(raw_model, cfg, precision, info.device)
     optimizer = build_optimizer(raw_model, cfg)
     epochs_steps = math.inf if corpus.steps_per_epoch is None else cfg.num_epochs * corpus.steps_per_epoch
     total_steps = min(cfg.max_steps or math.inf, epochs_steps)  # a stream's epochs have no known length
     budget = BudgetClock(max_time_seconds(cfg), started)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, budget.fraction_used))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    return ModelParts(raw_model, make_model, optimizer, scheduler, scaler, total_steps, budget, precision)
+    return ModelParts(raw_model, optimizer, scheduler, scaler, total_steps, budget, precision)
 
 
 class BudgetClock:
@@ -472,7 +469,7 @@ class Run:
         """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
         state, corpus = self.state, self.corpus
         with runtime.eager():
-            result = evaluate(parallel.evaluation_model(self.parts.raw_model, self.parts.make_model),
+            result = evaluate(parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device),
                               corpus.valid_set.dataset, corpus.pairs["validation"], corpus.valid_set.kept,
                               corpus.tgt_tok, self.info, eval_batch_size(self.cfg), self.cfg.eval_max_sentences,
                               self.autocast)
@@ -578,7 +575,7 @@ class Run:
                 self.say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
                          "averaging skipped: fewer than two checkpoints were saved")
             with runtime.eager():
-                score_test_split(parallel.evaluation_model(self.parts.raw_model, self.parts.make_model),
+                score_test_split(parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device),
                                  state.best_step, self.corpus.pairs["test"], self.corpus.src_tok,
                                  self.corpus.tgt_tok, cfg, self.info, self.autocast, self.monitor, self.say)
         if cfg.streaming:

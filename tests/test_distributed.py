@@ -46,14 +46,17 @@ def micro_batches(examples, rank: int, world: int, accum: int) -> list[dict]:
 def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None,
                       strategy: str = "ddp", compile_model: bool = False) -> tuple[dict, list[bool]]:
     torch.manual_seed(0)
-    raw = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=1,
-                                  d_ff=64, dropout=0.0, max_len=32))
-    if poison_rank == info.rank:  # this rank alone produces a NaN loss
-        raw.register_forward_hook(lambda module, inputs, output: output * float("nan"))
-    # The trainer's own wrapping: DDP, with a static graph when there is no gradient accumulation; or FSDP2.
+    model_cfg = ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=1, d_ff=64,
+                            dropout=0.0, max_len=32)
+    # The trainer's own building and wrapping: DDP, with a static graph when there is no gradient accumulation; or
+    # FSDP2, built on the meta device and materialized shard by shard.
     cfg = dataclasses.replace(CFG, grad_accum_steps=accum, strategy=strategy)
     if strategy == "fsdp":
-        parallel.shard(raw, cfg, "fp32", info.device)
+        raw = parallel.build_sharded(model_cfg, cfg, "fp32", info.device)
+    else:
+        raw = Transformer(model_cfg)
+    if poison_rank == info.rank:  # this rank alone produces a NaN loss
+        raw.register_forward_hook(lambda module, inputs, output: output * float("nan"))
     model = parallel.wrap(raw, cfg, info.world_size, info.device, compile_model=compile_model)
     # Fused AdamW as in training (it skips a step on the device, also over FSDP's sharded parameters), with an eps
     # so large that float noise in zero-gradient parameters (the key bias, to which softmax is invariant) is not
@@ -132,6 +135,66 @@ def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path, strategy):
     for state in (ranks[0]["state"], ranks[1]["state"]):
         for name, value in untouched.items():
             assert torch.equal(state[name], value), name
+
+
+# One vocabulary for both sides, shared by the encoder, the decoder and the output layer: three names, one tensor.
+SHARED_CFG = ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2, num_layers=2, d_ff=64,
+                         dropout=0.0, max_len=32, share_embeddings=True)
+
+
+def _fsdp_memory_worker(rank: int, port: int, out_dir: str):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = init_distributed()
+    try:
+        built_on = []  # where each Transformer that parallel builds holds its parameters when built
+
+        class Recorded(Transformer):
+            def __init__(self, config):
+                super().__init__(config)
+                built_on.append(self.output.weight.device.type)
+
+        parallel.Transformer = Recorded
+        torch.manual_seed(0)
+        raw = parallel.build_sharded(SHARED_CFG, dataclasses.replace(CFG, strategy="fsdp"), "fp32", info.device)
+        local_sizes = {name: p.to_local().numel() for name, p in raw.named_parameters()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True))
+        copies = {precision: parallel.evaluation_model(raw, precision, info.device) for precision in ("fp32", "bf16")}
+        shared = {precision: len({p.data_ptr() for p in (copy.src_embed.weight, copy.tgt_embed.weight,
+                                                           copy.output.weight)})
+                  for precision, copy in copies.items()}
+        torch.save({"built_on": built_on, "local_sizes": local_sizes, "full": full, "shared": shared,
+                    "copies": {precision: copy.state_dict() for precision, copy in copies.items()},
+                    "positions": copies["bf16"].positions},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        destroy_distributed()
+
+
+def test_fsdp_builds_on_the_meta_device_and_evaluates_a_copy_in_the_compute_dtype(tmp_path):
+    """No rank ever holds the whole fp32 model: it is built on the meta device and each rank draws and keeps its
+    own shards only (the same values as the model built whole from the same seed, shared weights still shared), and
+    evaluation gathers a copy with its matrices in the dtype the forward computes in (bf16: half the bytes of fp32)
+    and nothing else."""
+    mp.start_processes(_fsdp_memory_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    whole = Transformer(SHARED_CFG)
+    expected = whole.state_dict()
+    for rank in ranks:
+        assert rank["built_on"] == ["meta"] * 3  # the sharded model and both evaluation copies
+        for name, param in whole.named_parameters():  # each rank materialized about half of every tensor
+            assert rank["local_sizes"][name] == pytest.approx(param.numel() / 2, abs=param.shape[1:].numel())
+        for name, value in expected.items():
+            assert torch.equal(rank["full"][name], value), name
+            assert torch.equal(rank["copies"]["fp32"][name], value), name
+            compute_dtype = torch.bfloat16 if value.dim() >= 2 else torch.float32  # norms and biases: fp32
+            assert rank["copies"]["bf16"][name].dtype == compute_dtype, name
+            assert torch.equal(rank["copies"]["bf16"][name], value.to(compute_dtype)), name
+        assert rank["shared"] == {"fp32": 1, "bf16": 1}
+        assert torch.equal(rank["positions"], whole.positions)  # the constant table, fp32, rebuilt
 
 
 def _timeout_worker(rank: int, port: int, out_dir: str, rank0_done):
