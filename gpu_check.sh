@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the speed work in one call of at most 8 minutes (the step limits add up to 480 s), for a
+# Every GPU check of the speed work in one call of at most 10 minutes (the step limits add up to 560 s), for a
 # session lent a GPU for a short while:
 #   bash gpu_check.sh [OUT_FOLDER]          (default: $OUT, else ./gpu_check_out)
 # Each step is bounded by `timeout` and logs to OUT/<step>.log; OUT/summary.txt gathers the lines that matter.
@@ -50,7 +50,15 @@ step offload 40 torchrun --standalone --nproc_per_node=1 train.py --strategy fsd
     --log_every 10 --eval_every 100000 --model_folder "$folder/offload" --wandb_mode disabled
 grep -E "^step|Error|^done" "$out/offload.log" | tail -4 >> "$summary"
 # 7. The benchmark: base preset, compile on, compilation reported apart from step time; goal <= 4 minutes.
-step bench 140 python bench.py --preset base --max_tokens 16384 --steps 30 --skip_ddp --json "$out/bench.json"
+step bench 120 python bench.py --preset base --max_tokens 16384 --steps 30 --skip_ddp --json "$out/bench.json"
 grep -vE "^\[" "$out/bench.log" | tail -16 >> "$summary"
+# 8. Resume memory (README, Multi-node): a 177M-parameter model trains one step and saves; a second run resumes
+#    it and trains one more. The metrics lines' peak GPU memory of the two runs: a resume that loads more than
+#    one tensor at a time onto the GPU shows as a higher peak in the second.
+big=(--d_model 1024 --num_layers 6 --num_heads 8 --d_ff 4096 --no-compile --log_every 1 --save_every 1
+     --eval_every 100000 --valid_size 20 --test_size 20 --beam_size 1 --model_folder "$folder/big" --wandb_mode disabled)
+step big_fresh 50 torchrun --standalone --nproc_per_node=1 train.py "${big[@]}" --max_steps 1
+step big_resumed 50 torchrun --standalone --nproc_per_node=1 train.py "${big[@]}" --max_steps 2
+grep -hE "parameters|resumed|peak mem" "$out/big_fresh.log" "$out/big_resumed.log" >> "$summary"
 rm -rf "$folder"
 cat "$summary"
