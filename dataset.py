@@ -320,6 +320,18 @@ def placeholders(text: str) -> list[str]:
     return re.findall(PLACEHOLDER, text)
 
 
+def placeholder_tokens(tokenizer) -> dict[str, list[int]]:
+    """The tokens that spell one placeholder whole (alone or after a space), by placeholder: decoding holds
+    translations to their source's placeholders through them."""
+    ids = range(tokenizer.get_vocab_size())
+    table: dict[str, list[int]] = {}
+    for token_id, text in zip(ids, tokenizer.decode_batch([[i] for i in ids], skip_special_tokens=True)):
+        text = text.removeprefix(" ")
+        if re.fullmatch(PLACEHOLDER, text):
+            table.setdefault(text, []).append(token_id)
+    return table
+
+
 def train_tokenizer(sentences: list[str], vocab_size: int):
     """Byte-level BPE: every string survives decode(encode(text)) == text, whatever its characters; placeholders
     are never split, and "[UNK]" or "[EOS]" written in a sentence is text, not a control token."""

@@ -5,13 +5,16 @@ Each rank works on its own shard through the unwrapped model (never a DDP forwar
 """
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from dataset import BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, placeholders, shard_for_rank
+from dataset import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, placeholder_tokens, placeholders,
+                     shard_for_rank)
 from distributed import DistInfo, dist_sum, gather_to_main
+from model import TokenBudget
 
 
 @dataclass
@@ -57,25 +60,51 @@ def max_output_length(src_length):
     return 2 * src_length + 10
 
 
-def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: float = 1.0) -> torch.Tensor:
+class PlaceholderBudget:
+    """Each translation keeps its source's placeholders (%s, %(name)d, {0}, ...): as many of each as the source
+    has, no more, no fewer, wherever the target vocabulary spells the placeholder as one token (a placeholder split
+    into several tokens is left to the model). Measured 2026-11-26 on the German 27k-pair corpus (the 14-minute
+    model of the README, beam 4): placeholders kept 86.8% -> 97.1%, BLEU 32.68 -> 32.78; Italian 88.8% -> 99.3%,
+    BLEU 40.70 -> 40.96."""
+
+    def __init__(self, tgt_tokenizer):
+        table = placeholder_tokens(tgt_tokenizer)
+        self.names = list(table)
+        self.token_ids = torch.tensor([i for name in self.names for i in table[name]], dtype=torch.long)
+        self.groups = torch.tensor([g for g, name in enumerate(self.names) for _ in table[name]], dtype=torch.long)
+
+    def for_sources(self, sources: list[str], device) -> TokenBudget | None:
+        if not self.names:
+            return None
+        counts = [Counter(placeholders(text)) for text in sources]
+        return TokenBudget(self.token_ids.to(device), self.groups.to(device),
+                           torch.tensor([[c[name] for name in self.names] for c in counts], device=device))
+
+
+def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: float = 1.0,
+                  budget: TokenBudget | None = None) -> torch.Tensor:
     """Translations of a padded source batch as token ids: greedy for beam size 1, else beam search; each output
     may be at most twice as long as its own source (not the batch's padded width) plus a margin."""
     limits = max_output_length((src != PAD_ID).sum(dim=1))
     max_new_tokens = max_output_length(src.shape[1])
     if beam_size == 1:
-        return model.greedy_decode(src, BOS_ID, EOS_ID, max_new_tokens, max_lengths=limits)
-    return model.beam_search(src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty, max_lengths=limits)
+        return model.greedy_decode(src, BOS_ID, EOS_ID, max_new_tokens, max_lengths=limits, budget=budget)
+    return model.beam_search(src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty, max_lengths=limits,
+                             budget=budget)
 
 
 @torch.no_grad()
-def translate_examples(model, dataset: TranslationDataset, indices: list[int], tgt_tokenizer, batch_size: int,
-                       device, autocast, beam_size: int = 1, length_penalty: float = 1.0) -> dict[int, str]:
-    """{dataset index: detokenized hypothesis} for the given examples."""
+def translate_examples(model, dataset: TranslationDataset, indices: list[int], sources: list[str], tgt_tokenizer,
+                       batch_size: int, device, autocast, beam_size: int = 1,
+                       length_penalty: float = 1.0) -> dict[int, str]:
+    """{dataset index: detokenized hypothesis} for the given examples; `sources[i]` is example i's source text."""
     model.eval()
+    placeholders_kept = PlaceholderBudget(tgt_tokenizer)
     out = {}
     for chunk, batch in _length_sorted_batches(dataset, indices, batch_size):
+        budget = placeholders_kept.for_sources([sources[i] for i in chunk], device)
         with autocast():
-            tokens = decode_tokens(model, batch["src"].to(device), beam_size, length_penalty)
+            tokens = decode_tokens(model, batch["src"].to(device), beam_size, length_penalty, budget)
         texts = tgt_tokenizer.decode_batch(tokens.tolist(), skip_special_tokens=True)
         out.update(zip(chunk, texts))
     return out
@@ -117,8 +146,9 @@ def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], k
     loss, tokens = validation_loss(model, dataset, dist_info, batch_size, autocast)
     sample = scored_sample(len(dataset), max_sentences)
     mine = [sample[i] for i in shard_for_rank(len(sample), dist_info.rank, dist_info.world_size)]
-    hypotheses = translate_examples(model, dataset, mine, tgt_tokenizer, batch_size, dist_info.device, autocast,
-                                    beam_size, length_penalty)
+    sources = [pairs[k][0] for k in kept]
+    hypotheses = translate_examples(model, dataset, mine, sources, tgt_tokenizer, batch_size, dist_info.device,
+                                    autocast, beam_size, length_penalty)
     gathered = gather_to_main(hypotheses)
     result = EvalResult(loss=loss, tokens=tokens)
     if gathered is None:
@@ -126,8 +156,8 @@ def evaluate(model, dataset: TranslationDataset, pairs: list[tuple[str, str]], k
     merged = {i: text for shard in gathered for i, text in shard.items()}
     hyps = [merged[i] for i in sample]
     refs = [pairs[kept[i]][1] for i in sample]
-    sources = [pairs[kept[i]][0] for i in sample]
+    sample_sources = [sources[i] for i in sample]
     result.bleu, result.chrf, result.bleu_signature, _ = corpus_scores(hyps, refs)
-    result.placeholder_match = placeholder_match_rate(sources, refs, hyps)
-    result.samples = list(zip(sources, refs, hyps))[:num_samples]
+    result.placeholder_match = placeholder_match_rate(sample_sources, refs, hyps)
+    result.samples = list(zip(sample_sources, refs, hyps))[:num_samples]
     return result

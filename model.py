@@ -131,6 +131,33 @@ class DecoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.norm_ff(x)))
 
 
+@dataclass
+class TokenBudget:
+    """Tokens a translation must hold exactly as many times as given, sentence by sentence (the placeholders of its
+    source, which programs fill in: a missing or extra one crashes them). `token_ids` (P,) fall in `groups` (P,):
+    tokens that spell the same thing (with and without a space before it) share a group; `counts` (N, G) is each
+    sentence's number of each group. Decoding blocks a group's tokens once its count is reached, and EOS until
+    every count is."""
+    token_ids: torch.Tensor
+    groups: torch.Tensor
+    counts: torch.Tensor
+
+    def for_beams(self, beam_size: int) -> "TokenBudget":
+        return TokenBudget(self.token_ids, self.groups, self.counts.repeat_interleave(beam_size, dim=0))
+
+    def restrict(self, scores: torch.Tensor, used: torch.Tensor, eos_id: int) -> torch.Tensor:
+        """`scores` (N, V) with what the budget forbids at -inf, given the `used` (N, G) counts so far."""
+        remaining = self.counts - used
+        blocked = remaining[:, self.groups] <= 0
+        scores = scores.index_copy(1, self.token_ids, scores[:, self.token_ids].masked_fill(blocked, float("-inf")))
+        scores[:, eos_id] = scores[:, eos_id].masked_fill((remaining > 0).any(dim=1), float("-inf"))
+        return scores
+
+    def spend(self, used: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
+        hits = (next_token[:, None] == self.token_ids).long()
+        return used.scatter_add(1, self.groups.expand_as(hits), hits)
+
+
 class Transformer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -227,10 +254,12 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def greedy_decode(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int,
-                      use_cache: bool = True, max_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                      use_cache: bool = True, max_lengths: torch.Tensor | None = None,
+                      budget: TokenBudget | None = None) -> torch.Tensor:
         """Greedy translation of a batch: (B, <=max_new_tokens) token ids, EOS and what follows it set to pad.
-        `max_lengths` (B,) caps each sentence's output. The host reads whether every sentence has ended only every
-        FINISHED_CHECK_EVERY tokens: on a GPU each read waits for the whole queue."""
+        `max_lengths` (B,) caps each sentence's output; `budget` fixes how often given tokens appear. The host reads
+        whether every sentence has ended only every FINISHED_CHECK_EVERY tokens: on a GPU each read waits for the
+        whole queue."""
         max_new_tokens = min(max_new_tokens, self.config.max_len)
         src_mask = self.source_mask(src)
         memory = self.encode(src, src_mask)
@@ -240,13 +269,19 @@ class Transformer(nn.Module):
         tokens[:, 0] = bos_id
         finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
         caches = self._decoding_caches(max_new_tokens) if use_cache else None
+        used = None if budget is None else torch.zeros_like(budget.counts)
         steps = 0
         for step in range(max_new_tokens):
             if use_cache:
                 logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             else:
                 logits = self.decode(tokens[:, :step + 1], memory, src_mask)
-            next_token = logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+            logits = logits[:, -1]
+            if budget is not None:
+                logits = budget.restrict(logits, used, eos_id)
+            next_token = logits.argmax(dim=-1).masked_fill(finished, pad)
+            if budget is not None:
+                used = budget.spend(used, next_token)
             tokens[:, step + 1] = next_token
             finished = finished | (next_token == eos_id) | (step + 1 >= limits)
             steps = step + 1
@@ -262,7 +297,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int, beam_size: int = 4,
-                    length_penalty: float = 1.0, max_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                    length_penalty: float = 1.0, max_lengths: torch.Tensor | None = None,
+                    budget: TokenBudget | None = None) -> torch.Tensor:
         """Beam search over a batch, with the key/value cache: (B, <=max_new_tokens) token ids of each sentence's
         best hypothesis, EOS and what follows it set to pad.
 
@@ -271,7 +307,8 @@ class Transformer(nn.Module):
         (length counts the EOS): 0 compares raw sums, which favour short outputs; larger values favour longer ones.
         A hypothesis cut off at its sentence's length limit (`max_lengths`, at most `max_new_tokens`) without EOS
         wins only when no beam of its sentence ended with EOS: a loop that never ends must not beat a finished
-        translation. Beam size 1 is greedy decoding."""
+        translation. `budget` fixes how often given tokens appear in each hypothesis. Beam size 1 is greedy
+        decoding."""
         max_new_tokens = min(max_new_tokens, self.config.max_len)
         batch, k, pad = src.shape[0], beam_size, self.config.pad_id
         src = src.repeat_interleave(k, dim=0)  # (B*K, S): every beam of a sentence sees its source
@@ -286,6 +323,8 @@ class Transformer(nn.Module):
         finished = torch.zeros(batch * k, dtype=torch.bool, device=src.device)
         ended_by_eos = torch.zeros(batch * k, dtype=torch.bool, device=src.device)
         lengths = torch.zeros(batch * k, device=src.device)
+        budget = None if budget is None else budget.for_beams(k)
+        used = None if budget is None else torch.zeros_like(budget.counts)
         caches = self._decoding_caches(max_new_tokens)
         offsets = torch.arange(batch, device=src.device)[:, None] * k
         # An ended beam continues with padding at no cost: its score stays as it was (torch.where, not masked
@@ -297,6 +336,8 @@ class Transformer(nn.Module):
         for step in range(max_new_tokens):
             logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
+            if budget is not None:  # after the softmax: what is allowed keeps the model's own probability
+                log_probs = budget.restrict(log_probs, used, eos_id)
             log_probs = torch.where(finished[:, None], padding_only, log_probs)
             candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
             scores, best = candidates.topk(k, dim=-1)
@@ -305,6 +346,8 @@ class Transformer(nn.Module):
             tokens = tokens[source_beam]
             tokens[:, step + 1] = next_token
             finished, ended_by_eos, lengths = finished[source_beam], ended_by_eos[source_beam], lengths[source_beam]
+            if budget is not None:
+                used = budget.spend(used[source_beam], next_token)
             lengths = lengths + (~finished).float()
             ended_by_eos = ended_by_eos | (~finished & (next_token == eos_id))
             finished = finished | (next_token == eos_id) | (step + 1 >= limits)

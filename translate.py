@@ -23,7 +23,7 @@ import checkpoint
 import dataset as data
 import runtime
 from config import Config, UserError, model_config
-from evaluation import corpus_scores, decode_tokens
+from evaluation import PlaceholderBudget, corpus_scores, decode_tokens
 from model import Transformer
 
 
@@ -97,6 +97,7 @@ class Translator:
                                               self.tgt_tok.get_vocab_size(), data.PAD_ID, dropout=0.0))
         self.model.load_state_dict(state["model"])
         self.model.to(device).eval()
+        self.placeholders_kept = PlaceholderBudget(self.tgt_tok)
         self.device = device
         self.step = state["step"]
 
@@ -146,7 +147,8 @@ class Translator:
             chunk = order[start:start + batch_size]
             src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
                                                   padding_value=data.PAD_ID).to(self.device)
-            tokens = decode_tokens(self.model, src, beam_size, length_penalty)
+            budget = self.placeholders_kept.for_sources([sentences[i] for i in chunk], self.device)
+            tokens = decode_tokens(self.model, src, beam_size, length_penalty, budget)
             for i, text in zip(chunk, self.tgt_tok.decode_batch(tokens.tolist(), skip_special_tokens=True)):
                 out[i] = text  # as training's evaluation scores it: no stripping
         return out

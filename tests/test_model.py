@@ -2,7 +2,7 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model import FINISHED_CHECK_EVERY, ModelConfig, Transformer
+from model import FINISHED_CHECK_EVERY, ModelConfig, TokenBudget, Transformer
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -125,6 +125,29 @@ def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_out
 
     # Raw log-probability sums (penalty 0) prefer ending at once; dividing by length ** penalty undoes that.
     assert mean_length(0.0) < mean_length(1.0) <= mean_length(3.0)
+
+
+def test_a_token_budget_holds_each_hypothesis_to_its_counts_in_greedy_and_beam_search():
+    """Placeholders kept: a budgeted token never appears more often than its count, and no hypothesis ends (EOS)
+    before it has appeared that often, whatever the model would rather do."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(12, 12, d_model=32, num_heads=2, num_layers=1, d_ff=64, dropout=0.0,
+                                    max_len=64)).eval()
+    bias = torch.zeros(12)
+    bias[[PAD, 1, BOS]], bias[EOS], bias[[5, 6, 7]] = -10.0, 6.0, 4.0  # ends at once, unless EOS is forbidden
+    model.output.register_forward_hook(lambda module, inputs, output: output + bias)
+    src = torch.randint(4, 12, (6, 5))
+    for decode in (lambda **budget: model.greedy_decode(src, BOS, EOS, 40, **budget),
+                   lambda **budget: model.beam_search(src, BOS, EOS, 40, beam_size=3, **budget)):
+        # Tokens 5 and 6 spell the same thing (one group), token 7 another: each sentence its own counts.
+        counts = torch.tensor([[0, 0], [1, 0], [2, 1], [0, 3], [1, 1], [3, 0]])
+        budget = TokenBudget(torch.tensor([5, 6, 7]), torch.tensor([0, 0, 1]), counts)
+
+        def kept(out):
+            return [[sum(t in (5, 6) for t in row), row.count(7)] for row in out.tolist()]
+
+        assert kept(decode()) != counts.tolist()  # left alone, the model does otherwise
+        assert kept(decode(budget=budget)) == counts.tolist()
 
 
 class HostReads(TorchDispatchMode):
