@@ -81,7 +81,8 @@ class Config:
     grad_clip: float = _setting(1.0, "clip the global gradient norm to this value (0 disables)")
     label_smoothing: float = _setting(0.1, "label smoothing of the training loss")
     precision: str = _setting("auto", "auto = bf16 on GPUs that support it, fp16 (+GradScaler) on older GPUs, "
-                                      "fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
+                                      "bf16 on CPUs that compute it natively (AVX512-BF16, AMX), else fp32",
+                                      choices=("auto", "fp32", "bf16", "fp16"))
     strategy: str = _setting("ddp", "ddp: every rank holds the whole model (fastest while it fits); fsdp: parameters, "
                                     "gradients and optimizer state sharded over ranks (FSDP2)", choices=("ddp", "fsdp"))
     cpu_offload: bool = _setting(False, "with --strategy fsdp: keep parameters, gradients and optimizer state in CPU "
@@ -94,7 +95,8 @@ class Config:
                                                "known GPUs, a measured matmul on CPU)")
 
     # evaluation
-    eval_every: int = _setting(1000, "evaluate every N optimizer steps (and at the end of every epoch)")
+    eval_every: int = _setting(1000, "evaluate every N optimizer steps, at the end of training, and at the end of "
+                                     "every epoch unless --max_time is given")
     eval_max_sentences: int = _setting(500, "validation sentences greedily decoded for BLEU/chrF at each evaluation")
     log_every: int = _setting(50, "print and log training metrics every N optimizer steps")
     beam_size: int = _setting(4, "beam size for the final test-set score (validation decodes greedily, = beam 1)")

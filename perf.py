@@ -72,10 +72,10 @@ def training_flops(shape: StepShape, d_model: int, d_ff: int, num_layers: int, t
     return 3.0 * forward_flops(shape, d_model, d_ff, num_layers, tgt_vocab)
 
 
-def measure_cpu_peak_flops(size: int = 1024, repeats: int = 8) -> float:
-    """This CPU's fp32 matmul FLOP/s with the current thread count: the best of a few timed matmuls."""
+def measure_cpu_peak_flops(size: int = 1024, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """This CPU's matmul FLOP/s in `dtype` with the current thread count: the best of a few timed matmuls."""
     generator = torch.Generator().manual_seed(0)  # not the global RNG: training's random streams stay untouched
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     a @ b  # warm up
     best = float("inf")
     for _ in range(repeats):
@@ -91,7 +91,8 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
     if override_tflops:
         return override_tflops * 1e12, "--peak_tflops"
     if device.type == "cpu":
-        return measure_cpu_peak_flops(), "measured fp32 matmul on this CPU"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return measure_cpu_peak_flops(dtype=dtype), f"measured {precision} matmul on this CPU"
     if device.type != "cuda":
         return 0.0, f"unknown for {device.type}: pass --peak_tflops"
     name = torch.cuda.get_device_name(device)

@@ -17,8 +17,18 @@ import torch
 from config import UserError
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): training then runs about 1.45x
+    faster under bf16 autocast than in fp32 (2 processes on this machine, 2026-11-26: 147 -> 102 ms a step, the
+    same losses); elsewhere bf16 is emulated and slower than fp32."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
+        if device.type == "cpu":
+            return "bf16" if cpu_computes_bf16() else "fp32"
         if device.type != "cuda":
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on P4000/V100-class GPUs

@@ -545,7 +545,9 @@ class Run:
             if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
                 state.epoch, state.position, self.in_epoch = state.epoch + 1, None, False
                 if not stopping:
-                    if self.last_eval_step != state.step:
+                    # A --max_time run is measured in steps and time, not epochs: on a small corpus an epoch
+                    # takes a minute, and evaluating each would spend a tenth of the budget.
+                    if self.last_eval_step != state.step and not cfg.max_time:
                         self.evaluate()
                     self.save()
         agree.close()

@@ -99,6 +99,12 @@ class Translator:
         self.model.to(device).eval()
         self.placeholders_kept = PlaceholderBudget(self.tgt_tok)
         self.device = device
+        # The run's own --precision, resolved for this device: on the same machine, training's test score and
+        # --evaluate's are the same numbers (fp16 needs a GPU: elsewhere what auto picks).
+        saved = self.config.precision
+        self.precision = runtime.resolve_precision("auto" if saved == "fp16" and device.type != "cuda" else saved,
+                                                   device)
+        self.autocast = runtime.make_autocast(self.precision, device)
         self.step = state["step"]
 
     def pieces(self, text: str) -> list[str]:
@@ -148,7 +154,8 @@ class Translator:
             src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
                                                   padding_value=data.PAD_ID).to(self.device)
             budget = self.placeholders_kept.for_sources([sentences[i] for i in chunk], self.device)
-            tokens = decode_tokens(self.model, src, beam_size, length_penalty, budget)
+            with self.autocast():
+                tokens = decode_tokens(self.model, src, beam_size, length_penalty, budget)
             for i, text in zip(chunk, self.tgt_tok.decode_batch(tokens.tolist(), skip_special_tokens=True)):
                 out[i] = text  # as training's evaluation scores it: no stripping
         return out
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
             else torch.device(args.device)
         runtime.check_gpu_supported(device)
         translator = Translator(args.model_folder, args.checkpoint, device)
-        print(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}", file=sys.stderr)
+        print(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}, precision "
+              f"{translator.precision}", file=sys.stderr)
         if args.evaluate:
             sources, references, what = evaluation_pairs(args, translator)
             hypotheses = translator.translate(sources, args.beam_size, args.length_penalty, args.batch_size)

@@ -17,8 +17,11 @@ OFFLINE_ENV = {"WANDB_MODE": "disabled", "WANDB_ERROR_REPORTING": "false", "WAND
                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # A tiny model: end-to-end runs take seconds on a laptop CPU.
+# fp32: the same numbers on every machine (--precision auto is bf16 on CPUs that compute it natively), so runs under
+# different strategies and world sizes can be compared closely.
 TINY_MODEL = ["--d_model", "32", "--num_layers", "1", "--num_heads", "2", "--d_ff", "64", "--vocab_size", "400",
-              "--batch_size", "16", "--eval_max_sentences", "16", "--log_every", "2", "--warmup_steps", "2"]
+              "--batch_size", "16", "--eval_max_sentences", "16", "--log_every", "2", "--warmup_steps", "2",
+              "--precision", "fp32"]
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -279,8 +280,15 @@ def test_help_lists_every_flag():
 
 def test_precision_policy(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # a CPU that emulates bf16
+        monkeypatch.setattr(torch.cpu, name, lambda: False)
     assert runtime.resolve_precision("auto", cpu) == "fp32"
-    assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # Cooper Lake, Zen 4, ...
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # Sapphire Rapids, ...
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.resolve_precision("fp32", cpu) == "fp32" and runtime.resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(train.UserError, match="--precision fp16 needs a CUDA GPU"):
         runtime.resolve_precision("fp16", cpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -336,6 +344,8 @@ def test_max_time_ends_training_like_a_normal_end_and_counts_time_before_a_resum
     (step, path), = checkpoint.list_checkpoints(str(folder))[-1:]
     saved = checkpoint.load_checkpoint(path)
     assert 0 < step < 1000 * 23 and saved["time_spent_s"] >= 3.0
+    # Epochs of a few steps went by, yet a run measured in time evaluates by --eval_every and at its end only.
+    assert saved["epoch"] >= 2 and re.findall(r"^step (\d+) \| val loss", out, re.M) == [str(step)]
     # The same budget again: it is spent already, so the resumed run stops after one step.
     code, out, err = run_in_process([*base, "--max_time", "3s"], capsys)
     assert code == 0 and f"resumed from step {step}" in out, err[-3000:]

@@ -13,6 +13,7 @@ import torch
 
 import checkpoint
 import dataset as data
+import runtime
 import translate
 from conftest import launch, toy_pairs, write_jsonl
 
@@ -44,6 +45,11 @@ def test_training_ends_with_the_test_split_scored_by_the_best_checkpoint(trained
     assert len(summary) == 1 and summary[0]["test/bleu"] == pytest.approx(float(match.group(2)), abs=0.01)
     assert summary[0]["test/checkpoint_step"] == int(match.group(1))
     assert [n for n in os.listdir(folder) if n.startswith("averaged_")]
+    # translate.py decodes in the run's precision (--precision auto, resolved on this machine) and scores the same
+    # pairs: the same number as training's test line.
+    again = run_translate(["--model_folder", str(folder), "--evaluate"])
+    assert again.returncode == 0 and f"BLEU {match.group(2)} |" in again.stdout, again.stdout + again.stderr
+    assert f"precision {runtime.resolve_precision('auto', torch.device('cpu'))}" in again.stderr
 
 
 def test_beam_search_never_scores_below_greedy_under_the_model(trained):
