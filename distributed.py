@@ -275,9 +275,9 @@ def _after(work, key: str, is_worker: bool, is_waiter: bool):
 
 
 def on_main_only(fn):
-    """Collective. `fn()` on rank 0 (None elsewhere), the other ranks waiting on the store meanwhile. Whatever it raises there is
-    raised on every rank, so no rank is left waiting alone in the next collective: a UserError as itself, anything
-    else as a RuntimeError naming it."""
+    """Collective. `fn()` on rank 0 (None elsewhere), the other ranks waiting on the store meanwhile. Whatever it
+    raises there is raised on every rank, so no rank is left waiting alone in the next collective: a UserError as
+    itself, anything else as a RuntimeError naming it."""
     global _long_waits
     result, failure, error = None, None, None
     if not is_distributed():

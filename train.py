@@ -465,11 +465,15 @@ class Run:
                 self.say(f"saved {path}")
         barrier()  # no rank runs ahead into a collective while rank 0 writes
 
+    def decoding_model(self) -> Transformer:
+        """Collective under FSDP (an unsharded copy is gathered): the model evaluation decodes with."""
+        return parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device)
+
     def evaluate(self) -> None:
         """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
         state, corpus = self.state, self.corpus
         with runtime.eager():
-            result = evaluate(parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device),
+            result = evaluate(self.decoding_model(),
                               corpus.valid_set.dataset, corpus.pairs["validation"], corpus.valid_set.kept,
                               corpus.tgt_tok, self.info, eval_batch_size(self.cfg), self.cfg.eval_max_sentences,
                               self.autocast)
@@ -577,7 +581,7 @@ class Run:
                 self.say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
                          "averaging skipped: fewer than two checkpoints were saved")
             with runtime.eager():
-                score_test_split(parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device),
+                score_test_split(self.decoding_model(),
                                  state.best_step, self.corpus.pairs["test"], self.corpus.src_tok,
                                  self.corpus.tgt_tok, cfg, self.info, self.autocast, self.monitor, self.say)
         if cfg.streaming:

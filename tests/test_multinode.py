@@ -65,7 +65,8 @@ def _four_ranks_on_two_nodes(rank: int, port: int, out_dir: str):
 
         report["seen_before_preparing"] = distributed.main_first(prepare)
 
-        checkpoint = {"model": {"w": torch.arange(250_000, dtype=torch.float32), "b": torch.ones(3, dtype=torch.bfloat16)},
+        checkpoint = {"model": {"w": torch.arange(250_000, dtype=torch.float32),
+                                "b": torch.ones(3, dtype=torch.bfloat16)},
                       "rng": [torch.ByteTensor([1, 2, 3]), 7, "text"], "step": (5, None)}
         sizes = []
         original = distributed.dist.broadcast_object_list
