@@ -136,8 +136,8 @@ class TokenBudget:
     """Tokens a translation must hold exactly as many times as given, sentence by sentence (the placeholders of its
     source, which programs fill in: a missing or extra one crashes them). `token_ids` (P,) fall in `groups` (P,):
     tokens that spell the same thing (with and without a space before it) share a group; `counts` (N, G) is each
-    sentence's number of each group. Decoding blocks a group's tokens once its count is reached, and EOS until
-    every count is."""
+    sentence's number of each group. Decoding blocks a group's tokens once its count is reached, EOS until every
+    count is, and everything else once the tokens still owed need all the room left before the length limit."""
     token_ids: torch.Tensor
     groups: torch.Tensor
     counts: torch.Tensor
@@ -145,13 +145,18 @@ class TokenBudget:
     def for_beams(self, beam_size: int) -> "TokenBudget":
         return TokenBudget(self.token_ids, self.groups, self.counts.repeat_interleave(beam_size, dim=0))
 
-    def restrict(self, scores: torch.Tensor, used: torch.Tensor, eos_id: int) -> torch.Tensor:
-        """`scores` (N, V) with what the budget forbids at -inf, given the `used` (N, G) counts so far."""
+    def restrict(self, scores: torch.Tensor, used: torch.Tensor, eos_id: int, room: torch.Tensor) -> torch.Tensor:
+        """`scores` (N, V) with what the budget forbids at -inf, given the `used` (N, G) counts so far and the
+        `room` (N,) left before each output's length limit: once the tokens still owed fill that room, only they
+        are allowed, so an output cut off at its limit still holds them."""
         remaining = self.counts - used
         blocked = remaining[:, self.groups] <= 0
-        scores = scores.index_copy(1, self.token_ids, scores[:, self.token_ids].masked_fill(blocked, float("-inf")))
-        scores[:, eos_id] = scores[:, eos_id].masked_fill((remaining > 0).any(dim=1), float("-inf"))
-        return scores
+        allowed = scores[:, self.token_ids].masked_fill(blocked, float("-inf"))
+        scores = scores.index_copy(1, self.token_ids, allowed)
+        owed = remaining.clamp(min=0).sum(dim=1)
+        scores[:, eos_id] = scores[:, eos_id].masked_fill(owed > 0, float("-inf"))
+        only_owed = torch.full_like(scores, float("-inf")).index_copy(1, self.token_ids, allowed)
+        return torch.where(((owed > 0) & (owed >= room))[:, None], only_owed, scores)
 
     def spend(self, used: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
         hits = (next_token[:, None] == self.token_ids).long()
@@ -278,7 +283,7 @@ class Transformer(nn.Module):
                 logits = self.decode(tokens[:, :step + 1], memory, src_mask)
             logits = logits[:, -1]
             if budget is not None:
-                logits = budget.restrict(logits, used, eos_id)
+                logits = budget.restrict(logits, used, eos_id, room=limits - step)
             next_token = logits.argmax(dim=-1).masked_fill(finished, pad)
             if budget is not None:
                 used = budget.spend(used, next_token)
@@ -337,7 +342,7 @@ class Transformer(nn.Module):
             logits = self.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
             log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
             if budget is not None:  # after the softmax: what is allowed keeps the model's own probability
-                log_probs = budget.restrict(log_probs, used, eos_id)
+                log_probs = budget.restrict(log_probs, used, eos_id, room=limits - step)
             log_probs = torch.where(finished[:, None], padding_only, log_probs)
             candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
             scores, best = candidates.topk(k, dim=-1)

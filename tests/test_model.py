@@ -150,6 +150,29 @@ def test_a_token_budget_holds_each_hypothesis_to_its_counts_in_greedy_and_beam_s
         assert kept(decode(budget=budget)) == counts.tolist()
 
 
+def test_a_token_budget_fits_the_owed_tokens_into_an_output_cut_off_at_its_length_limit():
+    """A translation that would run into its length limit (a loop) still holds its placeholders: once the tokens
+    owed fill the room left, only they may come."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(12, 12, d_model=32, num_heads=2, num_layers=1, d_ff=64, dropout=0.0,
+                                    max_len=64)).eval()
+    bias = torch.zeros(12)
+    bias[[PAD, 1, BOS]], bias[8], bias[[5, 6, 7]] = -10.0, 8.0, 4.0  # token 8 forever, never EOS
+    model.output.register_forward_hook(lambda module, inputs, output: output + bias)
+    src = torch.randint(4, 12, (4, 5))
+    counts = torch.tensor([[0, 0], [1, 0], [2, 1], [1, 3]])
+    budget = TokenBudget(torch.tensor([5, 6, 7]), torch.tensor([0, 0, 1]), counts)
+    limits = torch.tensor([3, 3, 5, 4])
+    greedy = model.greedy_decode(src, BOS, EOS, 40, max_lengths=limits, budget=budget)
+    beam = model.beam_search(src, BOS, EOS, 40, beam_size=3, max_lengths=limits, budget=budget)
+    for out in (greedy, beam):
+        out = [[t for t in row if t != PAD] for row in out.tolist()]
+        assert [len(row) for row in out] == limits.tolist()  # no EOS: every output cut at its own limit
+        assert [[sum(t in (5, 6) for t in row), row.count(7)] for row in out] == counts.tolist()
+        assert out[0] == [8, 8, 8]
+    assert greedy[:3, :2].tolist() == [[8, 8]] * 3  # the model's own choice until the room runs out
+
+
 class HostReads(TorchDispatchMode):
     """Counts the operations that make the host wait for the device's queue on a GPU: reading a value (`.item()`,
     `bool()`) and boolean-mask indexing (which must count the selected elements first)."""
