@@ -75,7 +75,7 @@ class Config:
                                           "run stops after the step at which it runs out (time before a resume "
                                           "counts), then validates, averages and scores the test split as usual")
     lr: float = _setting(1e-3, "peak learning rate, reached after warmup")
-    lr_schedule: str = _setting("inverse_sqrt", "decay after warmup", choices=("inverse_sqrt", "cosine"))
+    lr_schedule: str = _setting("inverse_sqrt", "decay after warmup", choices=("inverse_sqrt", "cosine", "wsd"))
     warmup_steps: int = _setting(300, "linear warmup steps")
     weight_decay: float = _setting(0.01, "AdamW weight decay (not applied to biases, norms and embeddings)")
     grad_clip: float = _setting(1.0, "clip the global gradient norm to this value (0 disables)")

@@ -43,12 +43,16 @@ from monitor import RunMonitor, new_run_id
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
 ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
                          "share_vocab")
+# wsd's decay: the last fifth of the run (Hagele et al. 2024, "Scaling laws and compute-optimal training beyond
+# fixed training durations": a 20 % linear cooldown matches cosine at any length).
+WSD_COOLDOWN = 0.2
 
 
 def lr_multiplier(cfg: Config, total_steps: int | float, budget_used=lambda: 0.0):
-    """Linear warmup to --lr, then inverse square root or cosine decay; a function of optimizer steps done. The
-    cosine follows whichever is further along: the steps (of --max_steps / --num_epochs) or the fraction of
-    --max_time spent (`budget_used()`), so a run ended by time still ends at a small learning rate."""
+    """Linear warmup to --lr, then inverse square root, cosine, or warmup-stable-decay (wsd: --lr held until the
+    last WSD_COOLDOWN of the run, then a linear decay to zero); a function of optimizer steps done. Cosine and wsd
+    follow whichever is further along: the steps (of --max_steps / --num_epochs) or the fraction of --max_time
+    spent (`budget_used()`), so a run ended by time still ends at a small learning rate."""
     warmup = max(cfg.warmup_steps, 1)
 
     def multiplier(steps_done: int) -> float:
@@ -59,6 +63,8 @@ def lr_multiplier(cfg: Config, total_steps: int | float, budget_used=lambda: 0.0
             return math.sqrt(warmup / step)
         by_steps = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
         progress = min(max(by_steps, budget_used()), 1.0)
+        if cfg.lr_schedule == "wsd":
+            return min(1.0, (1.0 - progress) / WSD_COOLDOWN)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier

@@ -297,7 +297,7 @@ def test_precision_policy(monkeypatch):
     assert runtime.resolve_precision("auto", gpu) == "fp16"
 
 
-@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine"])
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "wsd"])
 def test_learning_rate_schedule(schedule):
     cfg = train.parse_config(["--warmup_steps", "10", "--lr_schedule", schedule])
     multiplier = train.lr_multiplier(cfg, total_steps=110)
@@ -309,15 +309,20 @@ def test_learning_rate_schedule(schedule):
         assert multiplier(39) == pytest.approx(0.5)  # sqrt(10 / 40)
     else:
         assert multiplier(109) == pytest.approx(0.0, abs=1e-9)
+    if schedule == "wsd":  # held for 80 of the 100 steps after warmup, then down by 1/20 per step
+        assert decay[:80] == pytest.approx([1.0] * 80) and decay[80] < 0.96 and multiplier(99) == pytest.approx(0.5)
 
 
-def test_cosine_schedule_follows_the_time_budget_when_it_runs_out_first():
-    cfg = train.parse_config(["--warmup_steps", "10", "--lr_schedule", "cosine"])
+@pytest.mark.parametrize("schedule, at_half, at_nine_tenths", [("cosine", 0.5, 0.0245), ("wsd", 1.0, 0.5)])
+def test_cosine_and_wsd_schedules_follow_the_time_budget_when_it_runs_out_first(schedule, at_half, at_nine_tenths):
+    cfg = train.parse_config(["--warmup_steps", "10", "--lr_schedule", schedule])
     used = [0.0]
     multiplier = train.lr_multiplier(cfg, total_steps=10_000, budget_used=lambda: used[0])
     by_steps = multiplier(100)
     used[0] = 0.5
-    assert multiplier(100) == pytest.approx(0.5) and by_steps > 0.99  # half the budget spent: half way down
+    assert multiplier(100) == pytest.approx(at_half) and by_steps > 0.99  # half the budget spent
+    used[0] = 0.9
+    assert multiplier(100) == pytest.approx(at_nine_tenths, abs=1e-3)
     used[0] = 1.0
     assert multiplier(100) == pytest.approx(0.0, abs=1e-9)
 
