@@ -95,8 +95,17 @@ def test_values_given_on_the_command_line_are_kept_whatever_the_corpus_size():
     assert (cfg.dropout, cfg.vocab_size, cfg.batch_size) == (0.05, 4000, 8) and "--dropout" not in note
     cfg, note = resolve_defaults(parse_config(["--dropout", "0.0", "--vocab_size", "500", "--no-share_vocab",
                                                "--batch_size", "32", "--num_epochs", "3", "--num_layers", "3",
-                                               "--d_ff", "1024"]), 10_000_000, "cpu")
+                                               "--d_ff", "1024", "--lr_schedule", "cosine"]), 10_000_000, "cpu")
     assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, note) == (0.0, 500, False, "")
+
+
+def test_a_time_budget_takes_the_wsd_schedule_and_epochs_inverse_square_root():
+    for flags, schedule in [(["--max_time", "14m"], "wsd"), (["--max_time", "1d"], "wsd"), ([], "inverse_sqrt"),
+                            (["--num_epochs", "40"], "inverse_sqrt"), (["--max_time", "1h", "--lr_schedule", "cosine"],
+                                                                       "cosine")]:
+        cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", *flags]), 27_000, "cpu")
+        assert cfg.lr_schedule == schedule, flags
+        assert (f"--lr_schedule {schedule}" in note) == ("--lr_schedule" not in flags), flags
 
 
 def test_max_time_takes_durations_and_refuses_anything_else():
