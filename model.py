@@ -151,12 +151,12 @@ class TokenBudget:
         are allowed, so an output cut off at its limit still holds them."""
         remaining = self.counts - used
         blocked = remaining[:, self.groups] <= 0
-        allowed = scores[:, self.token_ids].masked_fill(blocked, float("-inf"))
-        scores = scores.index_copy(1, self.token_ids, allowed)
+        scores = scores.index_copy(1, self.token_ids, scores[:, self.token_ids].masked_fill(blocked, float("-inf")))
         owed = remaining.clamp(min=0).sum(dim=1)
         scores[:, eos_id] = scores[:, eos_id].masked_fill(owed > 0, float("-inf"))
-        only_owed = torch.full_like(scores, float("-inf")).index_copy(1, self.token_ids, allowed)
-        return torch.where(((owed > 0) & (owed >= room))[:, None], only_owed, scores)
+        unbudgeted = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device).index_fill(0, self.token_ids,
+                                                                                                    False)
+        return scores.masked_fill(((owed > 0) & (owed >= room))[:, None] & unbudgeted, float("-inf"))
 
     def spend(self, used: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
         hits = (next_token[:, None] == self.token_ids).long()
