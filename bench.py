@@ -36,9 +36,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 import builtin_corpus
 import dataset as data
+import decoding
+import tokenizer
 import model as ours
 import perf
-from config import UserError
+from errors import UserError
 from runtime import compile_by_default, compile_layers, make_autocast, resolve_precision
 
 PRESETS = {
@@ -97,8 +99,8 @@ def load_data():
     corpus = builtin_corpus.build_builtin_corpus(seed=SEED)
     pairs = {split: [(e["translation"]["en"], e["translation"]["it"]) for e in corpus[split]]
              for split in ("train", "validation")}
-    src_tok = data.train_tokenizer([en for en, _ in pairs["train"]], VOCAB_SIZE)
-    tgt_tok = data.train_tokenizer([it for _, it in pairs["train"]], VOCAB_SIZE)
+    src_tok = tokenizer.train_tokenizer([en for en, _ in pairs["train"]], VOCAB_SIZE)
+    tgt_tok = tokenizer.train_tokenizer([it for _, it in pairs["train"]], VOCAB_SIZE)
     train, valid = (data.tokenize_pairs(pairs[s], src_tok, tgt_tok, TOKENIZE_LEN).dataset for s in pairs)
     return train, valid, src_tok.get_vocab_size(), tgt_tok.get_vocab_size()
 
@@ -129,12 +131,12 @@ def fixed_size_batches(ds, sentences: list[int], batch_size: int, seq_len: int, 
     longest = max(v.shape[1] for b in batches for v in b.values())
     if longest > seq_len:
         raise SystemExit(f"--seq_len {seq_len}: shorter than the longest sentence of these batches ({longest} tokens)")
-    return [{k: F.pad(v, (0, seq_len - v.shape[1]), value=data.PAD_ID) for k, v in b.items()} for b in batches]
+    return [{k: F.pad(v, (0, seq_len - v.shape[1]), value=tokenizer.PAD_ID) for k, v in b.items()} for b in batches]
 
 
 def batch_stats(batch: dict) -> dict:
     """Real (non-padding) tokens, padded positions, and the shape that the FLOPs of a batch depend on."""
-    src_lengths, tgt_lengths = (batch[k].ne(data.PAD_ID).sum(dim=1).cpu() for k in ("src", "tgt_in"))
+    src_lengths, tgt_lengths = (batch[k].ne(tokenizer.PAD_ID).sum(dim=1).cpu() for k in ("src", "tgt_in"))
     return {"src": int(src_lengths.sum()), "tgt": int(tgt_lengths.sum()),
             "positions": batch["src"].numel() + batch["tgt_in"].numel(),
             "shape": perf.StepShape.of_batch(src_lengths, tgt_lengths)}
@@ -189,8 +191,8 @@ def train_step(run: dict, batch: dict, device: torch.device, precision: str) -> 
     with make_autocast(precision, device)():
         logits = run["model"](batch["src"], batch["tgt_in"])
     targets = batch["tgt_out"]
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=data.PAD_ID,
-                           label_smoothing=0.1, reduction="sum") / targets.ne(data.PAD_ID).sum()
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=tokenizer.PAD_ID,
+                           label_smoothing=0.1, reduction="sum") / targets.ne(tokenizer.PAD_ID).sum()
     run["scaler"].scale(loss).backward()
     run["scaler"].step(run["optimizer"])
     run["scaler"].update()
@@ -288,10 +290,10 @@ def decoding_speed(model: ours.Transformer, src: torch.Tensor, device: torch.dev
     speed = {}
     for use_cache in (True, False):
         with make_autocast(precision, device)():
-            model.greedy_decode(src, data.BOS_ID, NEVER_EOS, 2, use_cache=use_cache)  # warm up
+            decoding.greedy_decode(model, src, tokenizer.BOS_ID, NEVER_EOS, 2, use_cache=use_cache)  # warm up
             synchronize(device)
             start = time.perf_counter()
-            out = model.greedy_decode(src, data.BOS_ID, NEVER_EOS, DECODE_TOKENS, use_cache=use_cache)
+            out = decoding.greedy_decode(model, src, tokenizer.BOS_ID, NEVER_EOS, DECODE_TOKENS, use_cache=use_cache)
             synchronize(device)
         assert out.shape[1] == DECODE_TOKENS, out.shape
         speed["cached" if use_cache else "uncached"] = len(src) / (time.perf_counter() - start)

@@ -8,25 +8,24 @@ uses `weights_only=True`: a file that carries pickled code is refused instead of
 """
 
 import json
+import logging
 import os
 import pickle
 import re
-import sys
 import time
 import uuid
 
 import torch
 
-from config import UserError
+import faults
+from errors import UserError, described, first_line
+from storage import fsync_folder, write_new_file
+
+log = logging.getLogger("translation")
 
 CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-TEMPORARY_NAME = re.compile(r"^\.(ckpt_\d{8}\.(pt|done)|averaged_\d{8}-\d{8}\.pt)\.tmp-[0-9a-f]+$")
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "epoch_sample", "config", "rng")
 RETRY_DELAYS_S = (1.0, 4.0, 16.0)  # transient network-drive errors usually pass within seconds
-
-
-def warn(message: str) -> None:
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def checkpoint_path(folder: str, step: int) -> str:
@@ -56,7 +55,7 @@ def list_checkpoints(folder: str, report_incomplete: bool = False) -> list[tuple
             if _is_complete(path):
                 found.append((int(m.group(1)), path))
             elif report_incomplete:
-                warn(f"skipping {path}: incomplete (no completion marker, or its size differs)")
+                log.warning(f"skipping {path}: incomplete (no completion marker, or its size differs)")
     return found
 
 
@@ -82,67 +81,15 @@ def check_writable(folder: str) -> None:
                         f"fix its permissions or choose another folder") from None
 
 
-def remove_stale_temporaries(folder: str) -> None:
-    """Rank 0 at start: temporary files left by a writer that died mid-save are garbage."""
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        if TEMPORARY_NAME.match(name):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-def _fsync_folder(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some network filesystems cannot open folders; the files themselves were fsynced
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(final: str, write) -> None:
-    """Write through `write(file)` to a temporary beside `final`, fsync, and rename to `final`."""
-    folder, name = os.path.split(final)
-    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _pause_for_fault_injection(step: int) -> None:
-    """Tests only: with TRAINER_TEST_PAUSE_IN_SAVE=STEP:FLAG_FILE, the save of STEP announces itself on stdout and
-    blocks once (FLAG_FILE marks it done), so a test can kill the writer with the data written but not committed."""
-    hook = os.environ.get("TRAINER_TEST_PAUSE_IN_SAVE")
-    if not hook:
-        return
-    hook_step, flag = hook.split(":", 1)
-    if int(hook_step) == step and not os.path.exists(flag):
-        open(flag, "w").close()
-        print(f"paused in save of step {step}", flush=True)
-        while True:
-            time.sleep(3600)
-
-
 def _commit(folder: str, step: int, state: dict) -> str:
     final = checkpoint_path(folder, step)
     if os.path.exists(final):
         os.remove(final)  # an uncommitted leftover of a crashed save of this very step
-    _write_new_file(final, lambda f: torch.save(state, f))
-    _pause_for_fault_injection(step)
+    write_new_file(final, lambda f: torch.save(state, f))
+    faults.pause_in_save(step)
     marker = json.dumps({"step": step, "bytes": os.path.getsize(final)}).encode()
-    _write_new_file(_marker_path(final), lambda f: f.write(marker))
-    _fsync_folder(folder)
+    write_new_file(_marker_path(final), lambda f: f.write(marker))
+    fsync_folder(folder)
     return final
 
 
@@ -154,7 +101,7 @@ def _prune(folder: str, keep_last: int, keep_step: int | None) -> None:
                 os.remove(_marker_path(path))  # marker first: a half-pruned checkpoint is merely incomplete
                 os.remove(path)
             except OSError as e:
-                warn(f"could not remove old checkpoint {path}: {e}")
+                log.warning(f"could not remove old checkpoint {path}: {e}")
 
 
 def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_step: int | None = None) -> str | None:
@@ -173,8 +120,8 @@ def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_st
         except OSError as e:
             error = e
             if attempt < len(RETRY_DELAYS_S):
-                warn(f"saving checkpoint of step {step} failed ({e}); retrying in {RETRY_DELAYS_S[attempt]:.0f} s")
-    warn(f"CHECKPOINT OF STEP {step} NOT SAVED after {len(RETRY_DELAYS_S) + 1} attempts ({error}); training goes "
+                log.warning(f"saving checkpoint of step {step} failed ({e}); retrying in {RETRY_DELAYS_S[attempt]:.0f} s")
+    log.warning(f"CHECKPOINT OF STEP {step} NOT SAVED after {len(RETRY_DELAYS_S) + 1} attempts ({error}); training goes "
          f"on and earlier checkpoints are intact: free space or fix permissions in {folder}")
     return None
 
@@ -185,7 +132,7 @@ def load_checkpoint(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"refusing to load {path}: it holds objects beyond tensors and plain data, which could run "
-                        f"code ({str(e).strip().splitlines()[0]})") from None
+                        f"code ({first_line(e)})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"not a checkpoint of this trainer (missing {', '.join(missing)})")
@@ -199,7 +146,7 @@ def _load_latest_valid(folder: str) -> dict | None:
         except UserError:
             raise
         except Exception as e:  # truncated or corrupt: fall back to the previous checkpoint
-            warn(f"skipping {path}: it fails to load ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
+            log.warning(f"skipping {path}: it fails to load ({described(e)})")
             try:
                 os.remove(_marker_path(path))  # uncommitted from now on, so a save of its step replaces it
             except OSError:
@@ -222,23 +169,29 @@ def read_preload(folder: str, preload: str) -> dict | None:
     return state
 
 
-def _load_named(folder: str, preload: str) -> dict:
-    if preload.isdigit():
-        path = checkpoint_path(folder, int(preload))
+def named_path(folder: str, choice: str, flag: str, keywords: str) -> str:
+    """The checkpoint that `--flag choice` names: a step number (a complete checkpoint of that step in `folder`)
+    or a file path; `keywords` are the flag's other accepted values, for the error."""
+    if choice.isdigit():
+        path = checkpoint_path(folder, int(choice))
         if not _is_complete(path):
             steps = ", ".join(str(s) for s, _ in list_checkpoints(folder)) or "none"
-            raise UserError(f"--preload {preload}: no complete checkpoint of that step in {folder} "
+            raise UserError(f"--{flag} {choice}: no complete checkpoint of that step in {folder} "
                             f"(steps there: {steps})")
-    elif os.path.isfile(preload):
-        path = preload
-    else:
-        raise UserError(f"--preload {preload!r}: no such file; use 'latest', 'none', a step number or a path")
+        return path
+    if os.path.isfile(choice):
+        return choice
+    raise UserError(f"--{flag} {choice!r}: no such file; use {keywords}, a step number or a path")
+
+
+def _load_named(folder: str, preload: str) -> dict:
+    path = named_path(folder, preload, "preload", "'latest', 'none'")
     try:
         return load_checkpoint(path)
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"--preload {preload}: {path} fails to load ({str(e).strip().splitlines()[0]})") from None
+        raise UserError(f"--preload {preload}: {path} fails to load ({first_line(e)})") from None
 
 
 def average_checkpoints(paths: list[str]) -> dict:
@@ -267,9 +220,9 @@ def write_average_of_last(folder: str, n: int) -> str | None:
         state = average_checkpoints([p for _, p in found])
         if os.path.exists(path):
             os.remove(path)
-        _write_new_file(path, lambda f: torch.save(state, f))
+        write_new_file(path, lambda f: torch.save(state, f))
     except Exception as e:  # a failed write or a damaged checkpoint: the run's own checkpoints stay as they are
-        warn(f"could not write the average of {[s for s, _ in found]} to {path}: {e}")
+        log.warning(f"could not write the average of {[s for s, _ in found]} to {path}: {e}")
         return None
     return path
 
@@ -279,7 +232,7 @@ def load_model_weights(path: str) -> dict | None:
     try:
         return load_checkpoint(path)["model"]
     except Exception as e:
-        warn(f"cannot use {path}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        log.warning(f"cannot use {path}: {described(e)}")
         return None
 
 

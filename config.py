@@ -12,11 +12,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from errors import UserError
 from model import ModelConfig
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line, with a non-zero exit, on every rank."""
 
 
 def _setting(default, help, **extra):
@@ -122,6 +119,13 @@ class Config:
     wandb_project: str = _setting("transformer-translation", "W&B project")
     wandb_group: str | None = _setting(None, "W&B group, e.g. to gather the runs of one experiment")
     wandb_run_name: str | None = _setting(None, "W&B run name (default: W&B picks one)")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """The settings a checkpoint saved (`to_dict`): any since removed are ignored, any since added keep their
+        defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names})
 
 
 def _scalar_type(annotation):

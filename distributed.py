@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 import runtime
-from config import UserError
+from errors import UserError
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,52 @@
-"""Metrics out of the trainer: `metrics.jsonl` in the model folder and Weights & Biases, on global rank 0 only.
+"""What the trainer tells its user: the log (one channel, rank-aware), and metrics in `metrics.jsonl` in the model
+folder and in Weights & Biases, on global rank 0 only.
 
-W&B is imported lazily and never touches the network in `offline` or `disabled` mode.
+Every room logs through `logging.getLogger("translation")`; `setup_logging` decides where that goes: rank 0 at
+INFO, the other ranks at WARNING (no line printed N times). W&B is imported lazily and never touches the network
+in `offline` or `disabled` mode.
 """
 
 import json
+import logging
 import netrc
 import os
+import sys
 import time
 import uuid
 
 from config import Config, to_dict
+
+log = logging.getLogger("translation")
+
+
+class _LineHandler(logging.Handler):
+    """Information to `stream` (sys.stdout unless told, looked up at each line, so captured output and tqdm's
+    bars keep working), written through tqdm so that a progress bar is not torn; warnings and errors to stderr,
+    with their level in front."""
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                print(f"{record.levelname}: {message}", file=sys.stderr, flush=True)
+            else:
+                tqdm.write(message, file=self.stream or sys.stdout)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(rank: int, stream=None) -> None:
+    """The log of this process: rank 0 at INFO, others at WARNING; called again, it replaces its handler."""
+    log.handlers.clear()
+    log.addHandler(_LineHandler(stream))
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    log.propagate = False
 
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -53,7 +90,7 @@ class RunMonitor:
         self._metrics_file = open(os.path.join(cfg.model_folder, "metrics.jsonl"), "a", encoding="utf-8")
         mode, note = resolve_wandb_mode(cfg.wandb_mode)
         if note:
-            print(note, flush=True)
+            log.info(note)
         if mode == "disabled":
             return
         if mode == "offline":

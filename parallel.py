@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import runtime
-from config import Config, UserError
+from config import Config
+from errors import UserError
 from model import ModelConfig, Transformer
 
 # torch.distributed.fsdp and .checkpoint are imported only by FSDP runs: they add over a second to every start.

@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from config import UserError
+from errors import UserError
 
 
 def cpu_computes_bf16() -> bool:

@@ -9,8 +9,8 @@ Global rank 0 alone writes to --model_folder (tokenizers, checkpoints, metrics.j
 """
 
 import functools
-import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -28,21 +28,30 @@ from tqdm import tqdm
 
 import checkpoint
 import dataset as data
+import faults
 import parallel
 import perf
 import runtime
-from config import (Config, UserError, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict,
-                    validate)
+import tokenizer
+from config import Config, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict, validate
+from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sample
 from distributed import (DistInfo, LateAgreement, all_reduce_sum_, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
                          init_distributed, main_first, on_main_only, raise_if_any_failed, run_on_main)
+from errors import UserError
 from evaluation import evaluate
 from model import Transformer, count_parameters
-from monitor import RunMonitor, new_run_id
+from monitor import RunMonitor, new_run_id, setup_logging
+from storage import remove_stale_temporaries
+from tokenizer import PAD_ID
+
+log = logging.getLogger("translation")
 
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
 ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
                          "share_vocab")
+
+
 # wsd's decay: the last fifth of the run (Hagele et al. 2024, "Scaling laws and compute-optimal training beyond
 # fixed training durations": a 20 % linear cooldown matches cosine at any length).
 WSD_COOLDOWN = 0.2
@@ -105,7 +114,7 @@ def check_resumable(saved: dict, cfg: Config, tokenizer_ids: dict) -> None:
                         f"(use the same settings, or another --model_folder)")
 
 
-def saved_position(saved: dict, cfg: Config, info: DistInfo, say):
+def saved_position(saved: dict, cfg: Config, info: DistInfo):
     """Where this rank resumes in the saved epoch: the samples consumed (in-memory corpus, any world size), or its
     own stream position; a stream saved by another number of ranks restarts its epoch (shards differ)."""
     if not cfg.streaming:
@@ -113,8 +122,8 @@ def saved_position(saved: dict, cfg: Config, info: DistInfo, say):
     positions = saved.get("stream_positions")
     if positions and len(positions) == info.world_size:
         return positions[info.rank]
-    say(f"the stream positions were saved by {len(positions or [])} ranks, not {info.world_size}: epoch "
-        f"{saved['epoch']} of the stream starts over")
+    log.info(f"the stream positions were saved by {len(positions or [])} ranks, not {info.world_size}: epoch "
+             f"{saved['epoch']} of the stream starts over")
     return None
 
 
@@ -172,7 +181,7 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
                for b in micro_batches]
     # Normalise by the global count of target tokens, so every token weighs the same whatever the split. Counted on
     # the device: a tensor made from a host number would be copied synchronously, waiting for the GPU's queue.
-    global_tokens = all_reduce_sum_(sum((b["tgt_out"] != data.PAD_ID).sum() for b in batches).float())
+    global_tokens = all_reduce_sum_(sum((b["tgt_out"] != PAD_ID).sum() for b in batches).float())
     loss_sum = torch.zeros((), device=info.device)
     for i, batch in enumerate(batches):
         src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
@@ -180,7 +189,7 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
         with parallel.gradient_sync(model, raw_model, sync):
             with autocast():
                 logits = model(src, tgt_in)
-            micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=data.PAD_ID,
+            micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
                                          label_smoothing=cfg.label_smoothing, reduction="sum")
             # DDP and FSDP average gradients over ranks; scaling by the world size turns that into a global sum.
             scaled = micro_loss * info.world_size / global_tokens
@@ -222,7 +231,7 @@ class Window:
         self.loss_sum += result.loss_sum
         self.tokens += result.tokens
         for batch in micro_batches:  # CPU tensors: counted without waiting for the device
-            shape = perf.StepShape.of_padded(batch["src"], batch["tgt_out"], data.PAD_ID)
+            shape = perf.StepShape.of_padded(batch["src"], batch["tgt_out"], PAD_ID)
             self.real_tokens += shape.src_tokens + shape.tgt_tokens
             self.padded_positions += batch["src"].numel() + batch["tgt_out"].numel()
             self.flops += perf.training_flops(shape, cfg.d_model, cfg.d_ff, cfg.num_layers, tgt_vocab_size)
@@ -232,92 +241,100 @@ class Window:
 def train(cfg: Config, info: DistInfo) -> None:
     """The whole run, in phases: setup, data, model, resume, loop, finish."""
     started = time.perf_counter()
-    say = tqdm.write if info.is_main else (lambda *_: None)
     parallel.check_strategy(cfg)
     precision = runtime.resolve_precision(cfg.precision, info.device)
     if precision == "fp16" and cfg.strategy == "fsdp":  # --precision auto on a GPU without bf16
         precision = "fp32"
     runtime.enable_tf32(info.device)
-    say(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
-    cfg, corpus = load_data(cfg, info, say)
-    parts = build_model(cfg, info, corpus, precision, started, say)
-    state = resume(cfg, info, corpus, parts, say)
-    run_on_main(lambda: claim_folder(cfg, corpus))
-    run = Run(cfg, info, corpus, parts, state, runtime.make_autocast(precision, info.device), say)
+    log.info(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
+    cfg, run_data = load_data(cfg, info)
+    parts = build_model(cfg, info, run_data, precision, started)
+    state = resume(cfg, info, run_data, parts)
+    run_on_main(lambda: claim_folder(cfg, run_data))
+    run = Run(cfg, info, run_data, parts, state, runtime.make_autocast(precision, info.device))
     stopping = run.loop()
     run.finish(stopping)
 
 
 @dataclass
-class Corpus:
+class RunData:
     """The data of a run: texts, tokenizers, the tokenized validation split and this rank's training batches."""
     pairs: dict  # {"train", "validation", "test"}: pairs (with --streaming, "train" is a stream read lazily)
     src_tok: object
     tgt_tok: object
     tokenizer_json: tuple[str, str]  # source, target: written to --model_folder once the start is accepted
-    tokenizer_ids: dict  # sha256 of each tokenizer's JSON: a resumed checkpoint must match them
+    tokenizer_ids: dict  # fingerprint of each tokenizer's JSON: a resumed checkpoint must match them
     valid_set: data.Tokenized
     batches: object  # data.LoaderBatches or data.StreamBatches
     steps_per_epoch: int | None  # None for a stream
     num_workers: int
 
 
-def load_data(cfg: Config, info: DistInfo, say) -> tuple[Config, Corpus]:
+def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
     """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
     rank's batches. Nothing is written here (see `claim_folder`)."""
-    corpus = main_first(lambda: data.load_corpus(cfg, say))  # rank 0 first: hub downloads land in the cache once
-    cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(corpus["train"]), info.device.type)
-    say(f"config: {json.dumps(to_dict(cfg))}")
+    pairs = main_first(lambda: load_corpus(cfg))  # rank 0 first: hub downloads land in the cache once
+    cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(pairs["train"]), info.device.type)
+    log.info(f"config: {json.dumps(to_dict(cfg))}")
     if chosen:
-        say(f"defaults chosen: {chosen}")
+        log.info(f"defaults chosen: {chosen}")
     run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
     check_folder_is_shared(cfg, info)
     # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
-    src_json, tgt_json = run_on_main(lambda: data.build_tokenizer_json(
-        cfg, lambda: data.tokenizer_sample(cfg, corpus)))
-    src_tok, tgt_tok = data.tokenizer_from_json(src_json), data.tokenizer_from_json(tgt_json)
-    tokenizer_ids = {side: hashlib.sha256(text.encode()).hexdigest() for side, text in (("src", src_json),
-                                                                                        ("tgt", tgt_json))}
-    valid_set = data.tokenize_pairs(corpus["validation"], src_tok, tgt_tok, cfg.seq_len)
+    texts = run_on_main(lambda: tokenizer.build_tokenizer_json(
+        cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), cfg.share_vocab, cfg.vocab_size,
+        lambda: tokenizer_sample(cfg, pairs)))
+    src_tok, tgt_tok = (tokenizer.tokenizer_from_json(text) for text in texts)
+    valid_set = data.tokenize_pairs(pairs["validation"], src_tok, tgt_tok, cfg.seq_len)
     splits = [("validation", valid_set)]
-    on_gpu = info.device.type == "cuda"
-    num_workers, steps_per_epoch = 0, None
     if cfg.streaming:
-        batches = data.StreamBatches(corpus, src_tok, tgt_tok, cfg, info.rank, info.world_size)
+        batches, steps_per_epoch, num_workers = stream_batches(pairs, src_tok, tgt_tok, cfg, info.rank,
+                                                               info.world_size), None, 0
     else:
-        train_set = data.tokenize_pairs(corpus["train"], src_tok, tgt_tok, cfg.seq_len)
+        train_set = data.tokenize_pairs(pairs["train"], src_tok, tgt_tok, cfg.seq_len)
         splits.insert(0, ("train", train_set))
-        if len(train_set.dataset) < info.world_size:
-            raise UserError(f"--seq_len {cfg.seq_len}: too few training pairs fit ({len(train_set.dataset)}); "
-                            f"raise --seq_len")
-        lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
-        sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
-                                               cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens,
-                                               max_len=cfg.seq_len)
-        num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
-        # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
-        # mid-epoch resume would then see another dropout stream than an uninterrupted run.
-        loader = DataLoader(train_set.dataset, batch_sampler=sampler,
-                            collate_fn=functools.partial(data.collate, max_len=cfg.seq_len), pin_memory=on_gpu,
-                            num_workers=num_workers, persistent_workers=False, generator=torch.Generator(),
-                            worker_init_fn=data.ignore_stop_signals if num_workers else None)
-        batches = data.LoaderBatches(loader, sampler)
-        steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
+        batches, num_workers = training_batches(cfg, info, train_set)
+        steps_per_epoch = math.ceil(len(batches.sampler) / cfg.grad_accum_steps)
     for name, split in splits:
-        say(f"{name}: {len(split.dataset)} pairs kept, {split.dropped_too_long} dropped as longer than "
-            f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
+        log.info(f"{name}: {len(split.dataset)} pairs kept, {split.dropped_too_long} dropped as longer than "
+                 f"--seq_len {cfg.seq_len}, {split.dropped_empty} dropped as empty")
     if len(valid_set.dataset) == 0:
         raise UserError(f"--seq_len {cfg.seq_len}: no validation pair fits; raise --seq_len")
-    return cfg, Corpus(corpus, src_tok, tgt_tok, (src_json, tgt_json), tokenizer_ids, valid_set, batches,
-                       steps_per_epoch, num_workers)
+    ids = {side: tokenizer.fingerprint(text) for side, text in zip(("src", "tgt"), texts)}
+    return cfg, RunData(pairs, src_tok, tgt_tok, texts, ids, valid_set, batches, steps_per_epoch, num_workers)
 
 
-def claim_folder(cfg: Config, corpus: Corpus) -> None:
+def stream_batches(pairs: dict, src_tok, tgt_tok, cfg: Config, rank: int, world_size: int) -> data.StreamBatches:
+    """This rank's batches of a --streaming training split, with the held-out pairs left out."""
+    return data.StreamBatches(pairs["train"], held_out_pairs(pairs), functools.partial(pair_of_example, cfg=cfg),
+                              src_tok, tgt_tok, cfg, rank, world_size)
+
+
+def training_batches(cfg: Config, info: DistInfo, train_set: data.Tokenized) -> tuple[data.LoaderBatches, int]:
+    """This rank's batches of an in-memory training split, and the DataLoader's worker count."""
+    if len(train_set.dataset) < info.world_size:
+        raise UserError(f"--seq_len {cfg.seq_len}: too few training pairs fit ({len(train_set.dataset)}); "
+                        f"raise --seq_len")
+    on_gpu = info.device.type == "cuda"
+    lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
+    sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
+                                           cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens, max_len=cfg.seq_len)
+    num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
+    # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
+    # mid-epoch resume would then see another dropout stream than an uninterrupted run.
+    loader = DataLoader(train_set.dataset, batch_sampler=sampler,
+                        collate_fn=functools.partial(data.collate, max_len=cfg.seq_len), pin_memory=on_gpu,
+                        num_workers=num_workers, persistent_workers=False, generator=torch.Generator(),
+                        worker_init_fn=data.ignore_stop_signals if num_workers else None)
+    return data.LoaderBatches(loader, sampler), num_workers
+
+
+def claim_folder(cfg: Config, run_data: RunData) -> None:
     """Rank 0, once every start-up check (the resume's included) has passed: the run's first writes to
     --model_folder. A refused start leaves the folder as it was."""
     os.makedirs(cfg.model_folder, exist_ok=True)
-    data.save_tokenizers(cfg, *corpus.tokenizer_json)
-    checkpoint.remove_stale_temporaries(cfg.model_folder)
+    tokenizer.save_tokenizers(cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), run_data.tokenizer_json)
+    remove_stale_temporaries(cfg.model_folder)
 
 
 @dataclass
@@ -331,19 +348,19 @@ class ModelParts:
     precision: str
 
 
-def build_model(cfg: Config, info: DistInfo, corpus: Corpus, precision: str, started: float, say) -> ModelParts:
+def build_model(cfg: Config, info: DistInfo, run_data: RunData, precision: str, started: float) -> ModelParts:
     """The model, identical on every rank (DDP also broadcasts rank 0's parameters when it wraps), sharded by FSDP,
     and its optimizer, learning-rate schedule and gradient scaler."""
     torch.manual_seed(cfg.seed)
-    model_cfg = model_config(cfg, corpus.src_tok.get_vocab_size(), corpus.tgt_tok.get_vocab_size(), data.PAD_ID)
+    model_cfg = model_config(cfg, run_data.src_tok.get_vocab_size(), run_data.tgt_tok.get_vocab_size(), PAD_ID)
     if cfg.strategy == "fsdp":
         raw_model = parallel.build_sharded(model_cfg, cfg, precision, info.device)
     else:
         raw_model = Transformer(model_cfg).to(info.device)
-    say(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
-        f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
+    log.info(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
+             f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
     optimizer = build_optimizer(raw_model, cfg)
-    epochs_steps = math.inf if corpus.steps_per_epoch is None else cfg.num_epochs * corpus.steps_per_epoch
+    epochs_steps = math.inf if run_data.steps_per_epoch is None else cfg.num_epochs * run_data.steps_per_epoch
     total_steps = min(cfg.max_steps or math.inf, epochs_steps)  # a stream's epochs have no known length
     budget = BudgetClock(max_time_seconds(cfg), started)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, budget.fraction_used))
@@ -391,7 +408,7 @@ class TrainState:
     time_spent_s: float = 0.0  # training time of the runs before this one (--max_time counts it)
 
 
-def resume(cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, say) -> TrainState:
+def resume(cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts) -> TrainState:
     """Rank 0 reads the checkpoint and broadcasts it tensor by tensor, so every rank starts from the same state; a
     fresh run starts at step 0. Under DDP the weights stay on rank 0: wrapping the model copies them to the others.
     Seeds every rank's own dropout stream."""
@@ -404,207 +421,336 @@ def resume(cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, say) 
                                         {k: v for k, v in read.items() if k != "model"}, info.device)
     if not saved:
         return state
-    check_resumable(saved, cfg, corpus.tokenizer_ids)
+    check_resumable(saved, cfg, run_data.tokenizer_ids)
     model_state = saved["model"] if weights_travel else (read["model"] if info.is_main else None)
     parallel.load_full_state(parts.raw_model, parts.optimizer, model_state, saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
     if parts.scaler is not None and saved["scaler"]:
         parts.scaler.load_state_dict(saved["scaler"])
-    state = TrainState(step=saved["step"], epoch=saved["epoch"], position=saved_position(saved, cfg, info, say),
+    state = TrainState(step=saved["step"], epoch=saved["epoch"], position=saved_position(saved, cfg, info),
                        run_id=saved["wandb_run_id"], best_bleu=saved["best_bleu"], best_step=saved["best_step"],
                        skipped_steps=saved["skipped_steps"], time_spent_s=saved.get("time_spent_s", 0.0))
     parts.budget.resume_from(state.time_spent_s)
     if len(saved["rng"]) == info.world_size:
         set_rng_state(saved["rng"][info.rank], info.device)
-    say(f"resumed from step {state.step} (epoch {state.epoch}, "
-        f"{'stream positions restored' if cfg.streaming else f'{state.position} samples into it'}"
-        f"{f', {state.time_spent_s:.0f} s of --max_time spent' if cfg.max_time else ''})")
+    log.info(f"resumed from step {state.step} (epoch {state.epoch}, "
+             f"{'stream positions restored' if cfg.streaming else f'{state.position} samples into it'}"
+             f"{f', {state.time_spent_s:.0f} s of --max_time spent' if cfg.max_time else ''})")
     return state
 
 
-class Run:
-    """The training loop and what it calls: checkpoints, evaluations, the end of training. Collective methods must
-    be called by every rank at the same step."""
+class Checkpointer:
+    """Everything that defines where the run is, committed to --model_folder by rank 0: model, optimizer,
+    schedule, scaler, step and epoch, every rank's data position and RNG streams, the budget spent, the best BLEU."""
 
-    def __init__(self, cfg: Config, info: DistInfo, corpus: Corpus, parts: ModelParts, state: TrainState, autocast,
-                 say):
-        self.cfg, self.info, self.corpus, self.parts, self.state = cfg, info, corpus, parts, state
-        self.autocast, self.say = autocast, say
-        self.skipped_steps = torch.full((), float(state.skipped_steps), device=info.device)  # counted on the device
-        compile_model = runtime.compile_by_default(cfg.compile, info.device)
-        self.model = parallel.wrap(parts.raw_model, cfg, info.world_size, info.device, compile_model)
-        self.compiling = compile_model
-        self.peak, peak_source = perf.peak_flops(info.device, parts.precision, cfg.peak_tflops)
-        say(f"compile {'on (each encoder and decoder layer)' if compile_model else 'off'}, {corpus.num_workers} "
-            f"data workers, peak {self.peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
-        self.monitor = RunMonitor(cfg, enabled=info.is_main, run_id=state.run_id)
-        self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
+    def __init__(self, cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts, state: TrainState):
+        self.cfg, self.info, self.run_data, self.parts, self.state = cfg, info, run_data, parts, state
         self.last_saved_step = state.step if state.step > 0 else -1  # a resumed step is already on disk
-        self.last_eval_step = -1
-        self.stop_since: tuple[float, str] | None = None  # when a stop signal came (or was agreed), and which
-        # Tests and gpu_check.sh only: TRAINER_TEST_OVERFLOW_AT_STEP=N makes step N's loss overflow.
-        self.overflow_step = int(os.environ.get("TRAINER_TEST_OVERFLOW_AT_STEP", "0"))
 
-    def save(self) -> None:
+    def save(self, position, skipped_steps: torch.Tensor) -> None:
         """Collective: every rank hands its RNG state (and stream position) and its shard of the model under FSDP to
-        rank 0, which writes; the others wait at the barrier."""
-        cfg, info, state = self.cfg, self.info, self.state
+        rank 0, which writes; the others wait at the barrier. `position`: this rank's place in the epoch."""
+        cfg, info, state, parts = self.cfg, self.info, self.state, self.parts
         if self.last_saved_step == state.step:
             return
         self.last_saved_step = state.step
         rng = gather_to_main(rng_state(info.device))
-        current = self.corpus.batches.position() if self.in_epoch else state.position  # read here, not every step
-        stream_positions = gather_to_main(current) if cfg.streaming else None  # one per rank, like the RNGs
-        model_state, optimizer_state = parallel.gather_full_state(self.parts.raw_model, self.parts.optimizer,
-                                                                  info.is_main)
+        stream_positions = gather_to_main(position) if cfg.streaming else None  # one per rank, like the RNGs
+        model_state, optimizer_state = parallel.gather_full_state(parts.raw_model, parts.optimizer, info.is_main)
         if info.is_main:
-            saved = {"model": model_state, "optimizer": optimizer_state,
-                     "scheduler": self.parts.scheduler.state_dict(),
-                     "scaler": self.parts.scaler.state_dict() if self.parts.scaler else None,
+            saved = {"model": model_state, "optimizer": optimizer_state, "scheduler": parts.scheduler.state_dict(),
+                     "scaler": parts.scaler.state_dict() if parts.scaler else None,
                      "step": state.step, "epoch": state.epoch,
-                     "epoch_sample": 0 if cfg.streaming else current or 0, "stream_positions": stream_positions,
-                     "skipped_steps": int(self.skipped_steps.item()), "time_spent_s": self.parts.budget.spent(),
-                     "config": to_dict(cfg), "wandb_run_id": state.run_id, "tokenizers": self.corpus.tokenizer_ids,
+                     "epoch_sample": 0 if cfg.streaming else position or 0, "stream_positions": stream_positions,
+                     "skipped_steps": int(skipped_steps.item()), "time_spent_s": parts.budget.spent(),
+                     "config": to_dict(cfg), "wandb_run_id": state.run_id, "tokenizers": self.run_data.tokenizer_ids,
                      "rng": rng, "best_bleu": state.best_bleu, "best_step": state.best_step}
             path = checkpoint.save_checkpoint(cfg.model_folder, state.step, saved, cfg.keep_last, state.best_step)
             if path:
-                self.say(f"saved {path}")
+                log.info(f"saved {path}")
         barrier()  # no rank runs ahead into a collective while rank 0 writes
+
+    def average_last(self) -> None:
+        """Collective: --average_last N averages the last N checkpoints into a file of their own."""
+        if self.cfg.average_last < 2:
+            return
+        folder, count = self.cfg.model_folder, self.cfg.average_last
+        averaged = run_on_main(lambda: checkpoint.write_average_of_last(folder, count))
+        log.info(f"averaged the last {count} checkpoints into {averaged}" if averaged else
+                 "averaging skipped: fewer than two checkpoints were saved")
+
+
+class MetricsLog:
+    """What the loop reports: the progress bar (rank 0, on a terminal), the window of steps since the last metrics
+    line, and the line itself, also written to metrics.jsonl and W&B."""
+
+    def __init__(self, total_steps: int | float, first_step: int, peak: float, info: DistInfo, monitor: RunMonitor):
+        self.peak, self.info, self.monitor = peak, info, monitor
+        self.progress = tqdm(total=total_steps if math.isfinite(total_steps) else None, initial=first_step,
+                             desc="train", dynamic_ncols=True,
+                             disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
+        self.window = Window.new(info.device)
+
+    def add(self, micro_batches: list[dict], result: StepResult, cfg: Config, tgt_vocab_size: int) -> None:
+        self.window.add(micro_batches, result, cfg, tgt_vocab_size)
+        self.progress.update(1)
+
+    def leave_out(self, seconds: float) -> None:
+        """A step that compiled: not training, so neither timed nor counted."""
+        self.window.start += seconds
+        self.progress.update(1)
+
+    def log_window(self, step: int, epoch: int, last: StepResult, skipped_steps: torch.Tensor, scheduler) -> None:
+        """Collective. One metrics line: loss, tokens/s, padding efficiency, step time, MFU and peak memory.
+        Reading the device tensors here is the only host-device sync of the loop."""
+        metrics = window_metrics(self.window, last, scheduler, self.peak, self.info)
+        metrics["train/epoch"], metrics["train/skipped_steps"] = epoch, int(skipped_steps.item())
+        self.progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        log.info(metrics_line(step, metrics, self.peak))
+        self.monitor.log(step, metrics)
+        self.window = Window.new(self.info.device)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+class Validation:
+    """Collective: validation during training (greedy BLEU/chrF and loss on every rank's share), and the test split
+    scored once at the end by the best checkpoint."""
+
+    def __init__(self, cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts, state: TrainState,
+                 autocast, monitor: RunMonitor):
+        self.cfg, self.info, self.run_data, self.parts, self.state = cfg, info, run_data, parts, state
+        self.autocast, self.monitor = autocast, monitor
 
     def decoding_model(self) -> Transformer:
         """Collective under FSDP (an unsharded copy is gathered): the model evaluation decodes with."""
         return parallel.evaluation_model(self.parts.raw_model, self.parts.precision, self.info.device)
 
-    def evaluate(self) -> None:
-        """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
-        state, corpus = self.state, self.corpus
+    def validate(self) -> bool:
+        """Validation of the current weights, logged on rank 0; True (on every rank) for a new best BLEU."""
+        state, run_data = self.state, self.run_data
         with runtime.eager():
-            result = evaluate(self.decoding_model(),
-                              corpus.valid_set.dataset, corpus.pairs["validation"], corpus.valid_set.kept,
-                              corpus.tgt_tok, self.info, eval_batch_size(self.cfg), self.cfg.eval_max_sentences,
-                              self.autocast)
-        self.last_eval_step = state.step
+            result = evaluate(self.decoding_model(), run_data.valid_set.dataset, run_data.pairs["validation"],
+                              run_data.valid_set.kept, run_data.tgt_tok, self.info, eval_batch_size(self.cfg),
+                              self.cfg.eval_max_sentences, self.autocast)
         if self.info.is_main:
-            self.say(f"step {state.step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF "
+            log.info(f"step {state.step} | val loss {result.loss:.4f} | BLEU {result.bleu:.2f} | chrF "
                      f"{result.chrf:.2f} | placeholders kept {placeholder_text(result)} | {result.bleu_signature}")
             for source, reference, hypothesis in result.samples:
-                self.say(f"  src: {source}\n  ref: {reference}\n  hyp: {hypothesis}")
+                log.info(f"  src: {source}\n  ref: {reference}\n  hyp: {hypothesis}")
             self.monitor.log(state.step, {"val/loss": result.loss, "val/bleu": result.bleu, "val/chrf": result.chrf})
             self.monitor.log_samples(state.step, result.samples)
         self.parts.raw_model.train()
         bleu = broadcast_from_main(result.bleu)
-        if bleu > state.best_bleu:
-            state.best_bleu, state.best_step = bleu, state.step
-            self.say(f"best BLEU so far: {bleu:.2f} at step {state.step}")
+        if bleu <= state.best_bleu:
+            return False
+        state.best_bleu, state.best_step = bleu, state.step
+        log.info(f"best BLEU so far: {bleu:.2f} at step {state.step}")
+        return True
+
+    def score_test_split(self) -> None:
+        with runtime.eager():
+            score_test_split(self.decoding_model(), self.state.best_step, self.run_data, self.cfg, self.info,
+                             self.autocast, self.monitor)
+
+
+class Run:
+    """The training loop: optimizer steps, and after each the one place that decides what follows it (the metrics
+    line, validation, a checkpoint, the end). Collective methods must be called by every rank at the same step."""
+
+    def __init__(self, cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts, state: TrainState,
+                 autocast):
+        self.cfg, self.info, self.run_data, self.parts, self.state = cfg, info, run_data, parts, state
+        self.autocast = autocast
+        self.skipped_steps = torch.full((), float(state.skipped_steps), device=info.device)  # counted on the device
+        self.compiling = runtime.compile_by_default(cfg.compile, info.device)
+        self.model = self.wrap()
+        self.peak, peak_source = perf.peak_flops(info.device, parts.precision, cfg.peak_tflops)
+        log.info(f"compile {'on (each encoder and decoder layer)' if self.compiling else 'off'}, "
+                 f"{run_data.num_workers} data workers, peak {self.peak / 1e12:.2f} TFLOP/s per device "
+                 f"({peak_source})")
+        self.monitor = RunMonitor(cfg, enabled=info.is_main, run_id=state.run_id)
+        self.checkpoints = Checkpointer(cfg, info, run_data, parts, state)
+        self.validation = Validation(cfg, info, run_data, parts, state, autocast, self.monitor)
+        self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
+        self.last_eval_step = -1
+        self.ending: str | None = None  # agreed by every rank: "signal" (a stop) or "time" (--max_time spent)
+        self.stop_since: tuple[float, str] | None = None  # when a stop signal came (or was agreed), and which
+        self.overflow_step = faults.overflow_step()
+
+    def wrap(self) -> torch.nn.Module:
+        """The module the step calls: layers compiled in place (when on), DDP over several ranks; FSDP's hooks are
+        on the raw model itself, which stays what is evaluated and checkpointed."""
+        return parallel.wrap(self.parts.raw_model, self.cfg, self.info.world_size, self.info.device, self.compiling)
+
+    def save(self) -> None:
+        """Collective: a checkpoint of this step (once)."""
+        position = self.run_data.batches.position() if self.in_epoch else self.state.position
+        self.checkpoints.save(position, self.skipped_steps)  # the position is read here, not every step
+
+    def validate(self) -> None:
+        """Collective. A new best BLEU is saved at once, and that checkpoint is kept through pruning."""
+        self.last_eval_step = self.state.step
+        if self.validation.validate():
             self.save()
 
     def loop(self) -> bool:
         """Optimizer steps until --num_epochs, --max_steps or --max_time, or a stop signal (True then), each over
-        --grad_accum_steps micro-batches; evaluates and saves along the way."""
-        cfg, info, state, parts, batches = self.cfg, self.info, self.state, self.parts, self.corpus.batches
+        --grad_accum_steps micro-batches; validates and saves along the way."""
+        state, parts = self.state, self.parts
         parts.raw_model.train()
-        stop, agree = StopSignal(), LateAgreement()
-        progress = tqdm(total=parts.total_steps if math.isfinite(parts.total_steps) else None, initial=state.step,
-                        desc="train", dynamic_ncols=True,
-                        disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
-        window = Window.new(info.device)
-        stopping = out_of_time = False  # agreed by all ranks
-        while state.step < parts.total_steps and state.epoch < cfg.num_epochs and not (stopping or out_of_time):
-            batches.start_epoch(state.epoch, state.position)
-            self.in_epoch = True
-            epoch_done = False
-            while not epoch_done and state.step < parts.total_steps:
-                micro_batches = batches.take(cfg.grad_accum_steps)
-                if cfg.streaming:  # shards end unevenly: when one rank runs out, every rank ends the epoch here
-                    epoch_done = any_rank(len(micro_batches) < cfg.grad_accum_steps)
-                else:  # every rank has as many batches as the others, by construction of the sampler
-                    epoch_done = not micro_batches
-                if epoch_done:
-                    break
-                graphs = runtime.compilation_count() if self.compiling else 0
-                step_started = time.perf_counter()
-                result = train_step(self.model, parts.raw_model, parts.optimizer, parts.scaler, micro_batches, cfg,
-                                    info, self.autocast, force_overflow=state.step + 1 == self.overflow_step)
-                parts.scheduler.step()
-                state.step += 1
-                if self.compiling and runtime.compilation_count() > graphs:  # the host waited for the compiler
-                    self.say(f"compiled {runtime.compilation_count() - graphs} graphs in "
-                             f"{time.perf_counter() - step_started:.1f} s (step {state.step}; "
-                             f"{runtime.compilation_count()} in all)")
-                    window.start += time.perf_counter() - step_started  # compiling is not training: not timed
-                else:
-                    window.add(micro_batches, result, cfg, parts.raw_model.config.tgt_vocab_size)
-                epoch_done = batches.exhausted()
-                self.skipped_steps += result.skipped
-                progress.update(1)
-                # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and
-                # takes the same learning rate from the same agreed share of the budget.
-                signalled, parts.budget.agreed = agree([float(stop.received is not None), parts.budget.share_spent()])
-                stopping, out_of_time = signalled > 0, parts.budget.agreed >= 1.0
-                # Every rank logs at the same steps (a collective), whatever its window holds.
-                if state.step % cfg.log_every == 0 or state.step == parts.total_steps:
-                    log_window(window, result, state.step, state.epoch, self.skipped_steps, parts.scheduler,
-                               self.peak, info, self.monitor, progress, self.say)
-                    window = Window.new(info.device)
-                if stopping or out_of_time:
-                    break  # before any evaluation or periodic save: a stop must reach its checkpoint in time
-                if state.step % cfg.eval_every == 0:
-                    self.evaluate()
-                if state.step % cfg.save_every == 0:
-                    self.save()
-            if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
-                state.epoch, state.position, self.in_epoch = state.epoch + 1, None, False
-                if not stopping:
-                    # A --max_time run is measured in steps and time, not epochs: on a small corpus an epoch
-                    # takes a minute, and evaluating each would spend a tenth of the budget.
-                    if self.last_eval_step != state.step and not cfg.max_time:
-                        self.evaluate()
-                    self.save()
-        agree.close()
-        progress.close()
-        if stopping:
-            self.say(f"stop requested ({stop.received or 'on another rank'}): saving step {state.step} and exiting")
-            self.stop_since = (stop.received_at or time.perf_counter(), "signal" if stop.received else "agreed stop")
-        elif out_of_time:
-            self.say(f"--max_time {cfg.max_time} spent ({parts.budget.spent():.0f} s): training ends at step "
+        self.stop, self.agree = StopSignal(), LateAgreement()
+        self.metrics = MetricsLog(parts.total_steps, state.step, self.peak, self.info, self.monitor)
+        while state.step < parts.total_steps and state.epoch < self.cfg.num_epochs and self.ending is None:
+            self.run_epoch()
+        self.agree.close()
+        self.metrics.close()
+        if self.ending == "signal":
+            log.info(f"stop requested ({self.stop.received or 'on another rank'}): saving step {state.step} and "
+                     f"exiting")
+            self.stop_since = (self.stop.received_at or time.perf_counter(),
+                               "signal" if self.stop.received else "agreed stop")
+        elif self.ending == "time":
+            log.info(f"--max_time {self.cfg.max_time} spent ({parts.budget.spent():.0f} s): training ends at step "
                      f"{state.step}")
-        return stopping
+        return self.ending == "signal"
+
+    def run_epoch(self) -> None:
+        """The current epoch's steps, from where it stands, until it ends, --max_steps, or the run's end."""
+        batches, state = self.run_data.batches, self.state
+        batches.start_epoch(state.epoch, state.position)
+        self.in_epoch, epoch_done = True, False
+        while not epoch_done and state.step < self.parts.total_steps:
+            micro_batches = self.next_micro_batches()
+            if micro_batches is None:
+                epoch_done = True
+                break
+            result = self.step(micro_batches)
+            epoch_done = batches.exhausted()
+            if self.after_step(result):
+                break
+        if epoch_done:  # the epoch ran to its end (not stopped by --max_steps)
+            self.end_epoch()
+
+    def next_micro_batches(self) -> list[dict] | None:
+        """This rank's micro-batches of the next step; None once the epoch has ended, on every rank alike."""
+        micro_batches = self.run_data.batches.take(self.cfg.grad_accum_steps)
+        if self.cfg.streaming:  # shards end unevenly: when one rank runs out, every rank ends the epoch here
+            ended = any_rank(len(micro_batches) < self.cfg.grad_accum_steps)
+        else:  # every rank has as many batches as the others, by construction of the sampler
+            ended = not micro_batches
+        return None if ended else micro_batches
+
+    def step(self, micro_batches: list[dict]) -> StepResult:
+        """One optimizer step, counted into the metrics window (a step that compiled is reported, not timed)."""
+        state, parts = self.state, self.parts
+        graphs = runtime.compilation_count() if self.compiling else 0
+        step_started = time.perf_counter()
+        result = train_step(self.model, parts.raw_model, parts.optimizer, parts.scaler, micro_batches, self.cfg,
+                            self.info, self.autocast, force_overflow=state.step + 1 == self.overflow_step)
+        parts.scheduler.step()
+        state.step += 1
+        if self.compiling and runtime.compilation_count() > graphs:  # the host waited for the compiler
+            log.info(f"compiled {runtime.compilation_count() - graphs} graphs in "
+                     f"{time.perf_counter() - step_started:.1f} s (step {state.step}; "
+                     f"{runtime.compilation_count()} in all)")
+            self.metrics.leave_out(time.perf_counter() - step_started)
+        else:
+            self.metrics.add(micro_batches, result, self.cfg, parts.raw_model.config.tgt_vocab_size)
+        self.skipped_steps += result.skipped
+        return result
+
+    def after_step(self, result: StepResult) -> bool:
+        """What follows a step, decided in one place (fairseq's validate_and_save): the metrics line every
+        --log_every steps; the end of the run once a stop signal or the spent --max_time is agreed by every rank,
+        which goes straight to the checkpoint (no validation or periodic save on the way); else validation every
+        --eval_every steps and a checkpoint every --save_every. True when the loop must end here."""
+        state, cfg, budget = self.state, self.cfg, self.parts.budget
+        # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and takes
+        # the same learning rate from the same agreed share of the budget.
+        signalled, budget.agreed = self.agree([float(self.stop.received is not None), budget.share_spent()])
+        self.ending = "signal" if signalled > 0 else "time" if budget.agreed >= 1.0 else None
+        if state.step % cfg.log_every == 0 or state.step == self.parts.total_steps:
+            # every rank at the same steps: a collective
+            self.metrics.log_window(state.step, state.epoch, result, self.skipped_steps, self.parts.scheduler)
+        if self.ending is not None:
+            return True
+        if state.step % cfg.eval_every == 0:
+            self.validate()
+        if state.step % cfg.save_every == 0:
+            self.save()
+        return False
+
+    def end_epoch(self) -> None:
+        """An epoch ran to its end: validated (unless --max_time: a run measured in time is not measured in
+        epochs, and on a small corpus validating each would spend a tenth of the budget) and saved."""
+        state = self.state
+        state.epoch, state.position, self.in_epoch = state.epoch + 1, None, False
+        if self.ending == "signal":
+            return
+        if self.last_eval_step != state.step and not self.cfg.max_time:
+            self.validate()
+        self.save()
 
     def finish(self, stopping: bool) -> None:
         """Collective. The last validation and checkpoint; unless stopped by a signal, checkpoint averaging and the
         test split scored by the best checkpoint."""
         cfg, state = self.cfg, self.state
         if not stopping and self.last_eval_step != state.step:
-            self.evaluate()
+            self.validate()
         self.save()
         if stopping:
             since, what = self.stop_since
-            self.say(f"checkpoint of step {state.step} committed {time.perf_counter() - since:.1f} s after the "
-                     f"{what}")
-        if not stopping:
-            if cfg.average_last >= 2:
-                averaged = run_on_main(lambda: checkpoint.write_average_of_last(cfg.model_folder, cfg.average_last))
-                self.say(f"averaged the last {cfg.average_last} checkpoints into {averaged}" if averaged else
-                         "averaging skipped: fewer than two checkpoints were saved")
-            with runtime.eager():
-                score_test_split(self.decoding_model(),
-                                 state.best_step, self.corpus.pairs["test"], self.corpus.src_tok,
-                                 self.corpus.tgt_tok, cfg, self.info, self.autocast, self.monitor, self.say)
+            log.info(f"checkpoint of step {state.step} committed {time.perf_counter() - since:.1f} s after the {what}")
+        else:
+            self.checkpoints.average_last()
+            self.validation.score_test_split()
         if cfg.streaming:
-            batches = self.corpus.batches
-            self.say(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len "
+            batches = self.run_data.batches
+            log.info(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len "
                      f"{cfg.seq_len} and {batches.dropped_empty} empty ones skipped")
         self.monitor.close()
-        self.say(f"done: {state.step} steps, {int(self.skipped_steps.item())} skipped")
+        log.info(f"done: {state.step} steps, {int(self.skipped_steps.item())} skipped")
 
 
-def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_tok, cfg: Config, info: DistInfo,
-                     autocast, monitor: RunMonitor, say) -> None:
+def metrics_line(step: int, metrics: dict, peak: float) -> str:
+    mfu = f"{metrics['train/mfu']:.1%}" if peak else "n/a (--peak_tflops)"
+    line = (f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
+            f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tok/s "
+            f"({metrics['train/tokens_per_s_per_device']:.0f} per device) | padding eff "
+            f"{metrics['train/padding_efficiency']:.0%} | {metrics['train/step_ms']:.0f} ms/step | MFU {mfu} | "
+            f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
+    if metrics["train/skipped_steps"]:
+        line += f"\n  {metrics['train/skipped_steps']} steps skipped so far for a non-finite loss or gradient"
+    return line
+
+
+def window_metrics(window: Window, last: StepResult, scheduler, peak: float, info: DistInfo) -> dict:
+    """Collective: the metrics of the steps of `window`, summed over ranks."""
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    elapsed = time.perf_counter() - window.start
+    loss_sum, real, padded, flops = dist_sum([window.loss_sum.item(), window.real_tokens, window.padded_positions,
+                                              window.flops], info.device)
+    tokens = window.tokens.item()
+    return {"train/loss": loss_sum / max(tokens, 1), "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": last.grad_norm.item(), "train/tokens_per_s": real / elapsed,
+            "train/tokens_per_s_per_device": real / elapsed / info.world_size,
+            "train/padding_efficiency": real / max(padded, 1),
+            "train/step_ms": 1000 * elapsed / max(window.steps, 1),
+            "train/mfu": flops / elapsed / (peak * info.world_size) if peak else 0.0,
+            "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
+
+
+def score_test_split(raw_model, best_step: int | None, run_data: RunData, cfg: Config, info: DistInfo, autocast,
+                     monitor: RunMonitor) -> None:
     """Collective, once at the end: the test split translated by the best checkpoint (by validation BLEU) with beam
     search, scored with sacreBLEU, printed and logged (metrics.jsonl, W&B summary)."""
-    test_set = data.tokenize_pairs(test_pairs, src_tok, tgt_tok, cfg.seq_len)
+    test_pairs = run_data.pairs["test"]
+    test_set = data.tokenize_pairs(test_pairs, run_data.src_tok, run_data.tgt_tok, cfg.seq_len)
     if len(test_set.dataset) == 0:
-        say("no test split to score (--test_size 0, or no pair fits --seq_len)")
+        log.info("no test split to score (--test_size 0, or no pair fits --seq_len)")
         return
     path = checkpoint.checkpoint_path(cfg.model_folder, best_step) if best_step is not None else None
     best = broadcast_tensors_from_main(on_main_only(lambda: checkpoint.load_model_weights(path) if path else None),
@@ -612,13 +758,14 @@ def score_test_split(raw_model, best_step: int | None, test_pairs, src_tok, tgt_
     if best is not None:
         raw_model.load_state_dict(best)
     which = f"best checkpoint, step {best_step}" if best is not None else "final weights (no best checkpoint saved)"
-    result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, tgt_tok, info, eval_batch_size(cfg),
-                      len(test_set.dataset), autocast, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty)
+    result = evaluate(raw_model, test_set.dataset, test_pairs, test_set.kept, run_data.tgt_tok, info,
+                      eval_batch_size(cfg), len(test_set.dataset), autocast, beam_size=cfg.beam_size,
+                      length_penalty=cfg.length_penalty)
     if info.is_main:
-        say(f"test ({which}, beam {cfg.beam_size}, length penalty {cfg.length_penalty}): BLEU {result.bleu:.2f} | "
-            f"chrF {result.chrf:.2f} | placeholders kept {placeholder_text(result)} | loss {result.loss:.4f} | "
-            f"{len(test_set.dataset)} sentences ({test_set.dropped_too_long} longer than --seq_len left out) | "
-            f"{result.bleu_signature}")
+        log.info(f"test ({which}, beam {cfg.beam_size}, length penalty {cfg.length_penalty}): BLEU "
+                 f"{result.bleu:.2f} | chrF {result.chrf:.2f} | placeholders kept {placeholder_text(result)} | loss "
+                 f"{result.loss:.4f} | {len(test_set.dataset)} sentences ({test_set.dropped_too_long} longer than "
+                 f"--seq_len left out) | {result.bleu_signature}")
         scores = {"test/bleu": result.bleu, "test/chrf": result.chrf, "test/loss": result.loss,
                   "test/checkpoint_step": best_step if best is not None else -1}
         if result.placeholder_match is not None:
@@ -635,40 +782,11 @@ def placeholder_text(result) -> str:
     return "n/a (none in the references)" if result.placeholder_match is None else f"{result.placeholder_match:.1%}"
 
 
-def log_window(window: Window, last: StepResult, step: int, epoch: int, skipped_steps: torch.Tensor, scheduler,
-               peak: float, info: DistInfo, monitor: RunMonitor, progress, say) -> None:
-    """Collective. One metrics line: loss, tokens/s, padding efficiency, step time, MFU and peak memory. Reading
-    the device tensors here is the only host-device sync of the loop."""
-    if info.device.type == "cuda":
-        torch.cuda.synchronize(info.device)
-    elapsed = time.perf_counter() - window.start
-    loss_sum, real, padded, flops = dist_sum([window.loss_sum.item(), window.real_tokens, window.padded_positions,
-                                              window.flops], info.device)
-    tokens = window.tokens.item()
-    metrics = {"train/loss": loss_sum / max(tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-               "train/grad_norm": last.grad_norm.item(), "train/tokens_per_s": real / elapsed,
-               "train/tokens_per_s_per_device": real / elapsed / info.world_size,
-               "train/padding_efficiency": real / max(padded, 1),
-               "train/step_ms": 1000 * elapsed / max(window.steps, 1),
-               "train/mfu": flops / elapsed / (peak * info.world_size) if peak else 0.0,
-               "train/epoch": epoch, "train/skipped_steps": int(skipped_steps.item()),
-               "train/peak_mem_gb": dist_max([peak_memory_gb(info.device)], info.device)[0]}
-    progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-    mfu = f"{metrics['train/mfu']:.1%}" if peak else "n/a (--peak_tflops)"
-    say(f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
-        f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tok/s "
-        f"({metrics['train/tokens_per_s_per_device']:.0f} per device) | padding eff "
-        f"{metrics['train/padding_efficiency']:.0%} | {metrics['train/step_ms']:.0f} ms/step | MFU {mfu} | "
-        f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
-    if metrics["train/skipped_steps"]:
-        say(f"  {metrics['train/skipped_steps']} steps skipped so far for a non-finite loss or gradient")
-    monitor.log(step, metrics)
-
-
 @record
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
     exit_code = 0
+    setup_logging(rank=int(os.environ.get("RANK", "0")))
     try:
         validate(cfg)  # identical on every rank, so all ranks stop here together, before any collective
         info = init_distributed(cfg.dist_timeout)

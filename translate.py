@@ -12,7 +12,7 @@ used unless --checkpoint says otherwise. Runs on the GPU when there is one, else
 """
 
 import argparse
-import hashlib
+import logging
 import os
 import re
 import sys
@@ -20,11 +20,18 @@ import sys
 import torch
 
 import checkpoint
-import dataset as data
 import runtime
-from config import Config, UserError, model_config
-from evaluation import PlaceholderBudget, corpus_scores, decode_tokens
+import tokenizer
+from config import Config, model_config
+from corpus import load_corpus
+from dataset import tokenize_pairs
+from decoding import PlaceholderBudget, decode_tokens
+from errors import UserError
+from evaluation import corpus_scores
 from model import Transformer
+from monitor import setup_logging
+
+log = logging.getLogger("translation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,17 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def choose_checkpoint(folder: str, choice: str) -> tuple[str, dict]:
     """(path, loaded state) of the checkpoint that --checkpoint names; each file is read once."""
-    found = checkpoint.list_checkpoints(folder)
-    if choice.isdigit():
-        path = checkpoint.checkpoint_path(folder, int(choice))
-        if (int(choice), path) not in found:
-            steps = ", ".join(str(s) for s, _ in found) or "none"
-            raise UserError(f"--checkpoint {choice}: no complete checkpoint of that step in {folder} (steps: {steps})")
-        return path, checkpoint.load_checkpoint(path)
     if choice not in ("best", "latest"):
-        if not os.path.isfile(choice):
-            raise UserError(f"--checkpoint {choice!r}: no such file; use 'best', 'latest', a step or a path")
-        return choice, checkpoint.load_checkpoint(choice)
+        path = checkpoint.named_path(folder, choice, "checkpoint", "'best', 'latest'")
+        return path, checkpoint.load_checkpoint(path)
+    found = checkpoint.list_checkpoints(folder)
     if not found:
         raise UserError(f"--model_folder {folder}: no complete checkpoint there; train first, or check the path")
     newest_step, newest = found[-1]
@@ -81,20 +81,20 @@ class Translator:
         if not os.path.isdir(folder):
             raise UserError(f"--model_folder {folder}: no such folder")
         self.path, state = choose_checkpoint(folder, choice)
-        self.config = Config(**{k: v for k, v in state["config"].items() if k in Config.__dataclass_fields__})
+        self.config = Config.from_dict(state["config"])
         tokenizers = []
         for side, lang in (("src", self.config.lang_src), ("tgt", self.config.lang_tgt)):
-            path = data.tokenizer_path(folder, lang)
+            path = tokenizer.tokenizer_path(folder, lang)
             if not os.path.exists(path):
                 raise UserError(f"--model_folder {folder}: {os.path.basename(path)} is missing; the tokenizers of "
                                 f"the run must sit beside its checkpoints")
             text = open(path, encoding="utf-8").read()
-            if hashlib.sha256(text.encode()).hexdigest() != state["tokenizers"][side]:
+            if tokenizer.fingerprint(text) != state["tokenizers"][side]:
                 raise UserError(f"{path} is not the tokenizer {os.path.basename(self.path)} was trained with")
-            tokenizers.append(data.tokenizer_from_json(text))
+            tokenizers.append(tokenizer.tokenizer_from_json(text))
         self.src_tok, self.tgt_tok = tokenizers
         self.model = Transformer(model_config(self.config, self.src_tok.get_vocab_size(),
-                                              self.tgt_tok.get_vocab_size(), data.PAD_ID, dropout=0.0))
+                                              self.tgt_tok.get_vocab_size(), tokenizer.PAD_ID, dropout=0.0))
         self.model.load_state_dict(state["model"])
         self.model.to(device).eval()
         self.placeholders_kept = PlaceholderBudget(self.tgt_tok)
@@ -133,8 +133,8 @@ class Translator:
         pieces = [self.pieces(text) for text in sentences]
         if any(len(p) > 1 for p in pieces):
             split = sum(len(p) > 1 for p in pieces)
-            print(f"{split} inputs longer than {self.config.seq_len - 1} tokens were translated in pieces (sentences)",
-                  file=sys.stderr)
+            log.info(f"{split} inputs longer than {self.config.seq_len - 1} tokens were translated in pieces "
+                     f"(sentences)")
             flat = self._translate([piece for p in pieces for piece in p], beam_size, length_penalty, batch_size)
             joined, at = [], 0
             for p in pieces:
@@ -146,13 +146,13 @@ class Translator:
     def _translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
         limit = self.config.seq_len - 1
         encoded = [e.ids for e in self.src_tok.encode_batch(sentences, add_special_tokens=False)]
-        sources = [torch.tensor(ids[:limit] + [data.EOS_ID]) for ids in encoded]
+        sources = [torch.tensor(ids[:limit] + [tokenizer.EOS_ID]) for ids in encoded]
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out = [""] * len(sources)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
-                                                  padding_value=data.PAD_ID).to(self.device)
+                                                  padding_value=tokenizer.PAD_ID).to(self.device)
             budget = self.placeholders_kept.for_sources([sentences[i] for i in chunk], self.device)
             with self.autocast():
                 tokens = decode_tokens(self.model, src, beam_size, length_penalty, budget)
@@ -186,9 +186,9 @@ def evaluation_pairs(args, translator: Translator) -> tuple[list[str], list[str]
         if len(sources) != len(references):
             raise UserError(f"--source has {len(sources)} lines but --reference has {len(references)}")
         return sources, references, args.source
-    test = data.load_corpus(translator.config)["test"]  # the same corpus and held-out split as in training
+    test = load_corpus(translator.config)["test"]  # the same corpus and held-out split as in training
     # The pairs training's own test score covers: those that fit --seq_len, as tokenized for training.
-    tokenized = data.tokenize_pairs(test, translator.src_tok, translator.tgt_tok, translator.config.seq_len)
+    tokenized = tokenize_pairs(test, translator.src_tok, translator.tgt_tok, translator.config.seq_len)
     if not tokenized.kept:
         raise UserError("the training corpus has no test split (--test_size 0): pass --source and --reference")
     left_out = len(test) - len(tokenized.kept)
@@ -200,6 +200,7 @@ def evaluation_pairs(args, translator: Translator) -> tuple[list[str], list[str]
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(rank=0, stream=sys.stderr)  # stdout carries the translations
     try:
         if args.beam_size < 1 or args.batch_size < 1:
             raise UserError("--beam_size and --batch_size must be at least 1")
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
             else torch.device(args.device)
         runtime.check_gpu_supported(device)
         translator = Translator(args.model_folder, args.checkpoint, device)
-        print(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}, precision "
-              f"{translator.precision}", file=sys.stderr)
+        log.info(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}, precision "
+                 f"{translator.precision}")
         if args.evaluate:
             sources, references, what = evaluation_pairs(args, translator)
             hypotheses = translator.translate(sources, args.beam_size, args.length_penalty, args.batch_size)

@@ -11,6 +11,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from monitor import setup_logging  # noqa: E402
+
 # No test touches the network: W&B offline or off, the Hugging Face hub unreachable by configuration.
 OFFLINE_ENV = {"WANDB_MODE": "disabled", "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true",
                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -26,6 +28,7 @@ TINY_MODEL = ["--d_model", "32", "--num_layers", "1", "--num_heads", "2", "--d_f
 
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch, tmp_path_factory):
+    setup_logging(rank=0)  # as the programs log: information to stdout, warnings to stderr
     for key, value in OFFLINE_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoint
+import storage
 import train
 from conftest import TINY_MODEL, toy_pairs, write_jsonl
 
@@ -48,7 +49,7 @@ def test_uncommitted_and_truncated_checkpoints_are_skipped_with_a_warning(tmp_pa
     err = capsys.readouterr().err
     assert "skipping" in err and "ckpt_00000006.pt: incomplete" in err and "ckpt_00000004.pt: it fails to load" in err
     # The damaged step loses its marker, so saving that step again replaces it; temporaries are cleared at start.
-    checkpoint.remove_stale_temporaries(folder)
+    storage.remove_stale_temporaries(folder)
     assert not (tmp_path / ".ckpt_00000008.pt.tmp-0123abcd").exists()
     checkpoint.save_checkpoint(folder, 4, state(4), keep_last=5)
     assert checkpoint.read_preload(folder, "latest")["step"] == 4

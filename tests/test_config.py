@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from config import Config, UserError, build_parser, parse_config, parse_duration, resolve_defaults, validate
+from errors import UserError
+from config import Config, build_parser, parse_config, parse_duration, resolve_defaults, validate
 
 
 def test_every_setting_is_a_flag_with_help():

@@ -6,13 +6,16 @@ import pytest
 import torch
 
 import dataset as data
-from config import UserError, parse_config
+import corpus as corpora
+import tokenizer as tok
+from config import parse_config
+from errors import UserError
 from conftest import ROOT, toy_pairs, write_jsonl
 
 
 def corpus_from_files(tmp_path, pairs, *flags):
     path = write_jsonl(tmp_path / "corpus.jsonl", pairs)
-    return data.load_corpus(parse_config(["--data_files", path, *flags]))
+    return corpora.load_corpus(parse_config(["--data_files", path, *flags]))
 
 
 def test_train_only_corpus_splits_deterministically_and_disjointly(tmp_path):
@@ -27,19 +30,19 @@ def test_train_only_corpus_splits_deterministically_and_disjointly(tmp_path):
 
 def test_split_is_identical_in_another_process():
     """Ranks are separate processes: the split must not depend on hash seeds or process state."""
-    code = ("import dataset; p=[(str(i), str(i)) for i in range(100)]; "
-            "print(dataset.split_pairs(p, 10, 10)['validation'])")
+    code = ("import corpus; p=[(str(i), str(i)) for i in range(100)]; "
+            "print(corpus.split_pairs(p, 10, 10)['validation'])")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(outputs) == 1
-    assert outputs.pop().strip() == str(data.split_pairs([(str(i), str(i)) for i in range(100)], 10, 10)["validation"])
+    assert outputs.pop().strip() == str(corpora.split_pairs([(str(i), str(i)) for i in range(100)], 10, 10)["validation"])
 
 
 def test_existing_validation_and_test_splits_are_used(tmp_path):
     for split, n in (("train", 40), ("validation", 5), ("test", 6)):
         write_jsonl(tmp_path / f"{split}.jsonl", [(f"{split} {i}", f"{split} it {i}") for i in range(n)])
     # A local dataset folder goes through datasets.load_dataset exactly like a hub name.
-    corpus = data.load_corpus(parse_config(["--dataset", str(tmp_path)]))
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path)]))
     assert [len(corpus[s]) for s in ("train", "validation", "test")] == [40, 5, 6]
     assert corpus["validation"][0] == ("validation 0", "validation it 0")
 
@@ -50,7 +53,7 @@ def test_parquet_and_glob_data_files(tmp_path):
     rows = [{"id": str(i), "translation": {"en": f"a {i}", "it": f"b {i}"}} for i in range(50)]
     datasets.Dataset.from_list(rows[:25]).to_parquet(str(tmp_path / "part-0.parquet"))
     datasets.Dataset.from_list(rows[25:]).to_parquet(str(tmp_path / "part-1.parquet"))
-    corpus = data.load_corpus(parse_config(["--data_files", str(tmp_path / "*.parquet"), "--valid_size", "5",
+    corpus = corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "*.parquet"), "--valid_size", "5",
                                             "--test_size", "5"]))
     assert sum(len(v) for v in corpus.values()) == 50
 
@@ -69,30 +72,30 @@ def test_empty_corpus_and_missing_files_are_clear_errors(tmp_path):
         corpus_from_files(tmp_path, [])
     write_jsonl(tmp_path / "blank.jsonl", [("", "")])  # pairs exist, but hold no text: cleaned away
     with pytest.raises(UserError, match="the corpus is empty .no training pairs"):
-        data.load_corpus(parse_config(["--data_files", str(tmp_path / "blank.jsonl")]))
+        corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "blank.jsonl")]))
     with pytest.raises(UserError, match="--data_files: no file matches"):
-        data.load_corpus(parse_config(["--data_files", str(tmp_path / "missing*.jsonl")]))
+        corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "missing*.jsonl")]))
     with pytest.raises(UserError, match="--dataset: cannot load 'no-such-org/no-such-corpus'"):
-        data.load_corpus(parse_config(["--dataset", "no-such-org/no-such-corpus"]))
+        corpora.load_corpus(parse_config(["--dataset", "no-such-org/no-such-corpus"]))
 
 
 def test_tokenizer_round_trip_is_exact():
     sentences = ["Il gatto rosso mangia.", "Perché la città è bella?", "l'uomo e un'amica", "  two  spaces ",
                  "émoji 🙂 and ünïcode ß", "Numbers 1,234.5 and (brackets)!"]
-    tokenizer = data.train_tokenizer(sentences * 20, vocab_size=400)
+    tokenizer = tok.train_tokenizer(sentences * 20, vocab_size=400)
     for text in sentences + ["completely unseen: Ωμέγα ≠ zeta"]:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         assert tokenizer.decode(ids) == text
-    assert [tokenizer.token_to_id(t) for t in data.SPECIAL_TOKENS] == [0, 1, 2, 3]
+    assert [tokenizer.token_to_id(t) for t in tok.SPECIAL_TOKENS] == [0, 1, 2, 3]
 
 
 def test_tokenization_filters_and_counts_long_and_empty_pairs():
     pairs = [("short one", "corta"), ("word " * 40, "lunga"), ("", "vuota"), ("fine", "bene")]
-    tokenizer = data.train_tokenizer([p[0] for p in pairs] + [p[1] for p in pairs], vocab_size=300)
+    tokenizer = tok.train_tokenizer([p[0] for p in pairs] + [p[1] for p in pairs], vocab_size=300)
     out = data.tokenize_pairs(pairs, tokenizer, tokenizer, seq_len=12)
     assert (out.dropped_too_long, out.dropped_empty, out.kept) == (1, 1, [0, 3])
     src, tgt = out.dataset[1]
-    assert src[-1] == data.EOS_ID and tgt[0] == data.BOS_ID and tgt[-1] == data.EOS_ID
+    assert src[-1] == tok.EOS_ID and tgt[0] == tok.BOS_ID and tgt[-1] == tok.EOS_ID
     assert tokenizer.decode(src[:-1].tolist()) == "fine"
 
 
@@ -188,7 +191,7 @@ def test_hub_corpus_goes_through_load_dataset_with_its_config(monkeypatch):
         return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    corpus = data.load_corpus(parse_config(["--dataset", "Helsinki-NLP/opus_books", "--dataset_config", "en-it",
+    corpus = corpora.load_corpus(parse_config(["--dataset", "Helsinki-NLP/opus_books", "--dataset_config", "en-it",
                                             "--valid_size", "3", "--test_size", "3"]))
     assert calls == [("Helsinki-NLP/opus_books", "en-it")]
     assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (24, 3, 3)
@@ -242,7 +245,7 @@ def test_a_sentence_longer_than_the_budget_gets_a_batch_of_its_own():
     assert [sorted(b) for b in shard] == [[0, 1, 3, 4], [2]]  # sorted by length within the window
 
 
-def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_trained_on(tmp_path):
+def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_trained_on(tmp_path, capsys):
     decomposed = "citta\u0300"  # "città" written as "a" + a combining grave accent
     rows = [("A city.", decomposed), ("A city.", "città"),  # the same pair once NFC-normalized: a duplicate
             ("", "vuoto"), ("Empty target.", "   "),
@@ -251,9 +254,9 @@ def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_traine
     rows += [(f"Sentence {i}.", f"Frase {i}.") for i in range(40)]
     rows += [(f"Sentence {i}.", f"Frase numero {i}.") for i in range(40)]  # same sources, other translations
     files = write_jsonl(tmp_path / "train.jsonl", rows)
-    lines = []
-    corpus = data.load_corpus(parse_config(["--data_files", files, "--valid_size", "5", "--test_size", "5"]),
-                              lines.append)
+    capsys.readouterr()
+    corpus = corpora.load_corpus(parse_config(["--data_files", files, "--valid_size", "5", "--test_size", "5"]))
+    lines = capsys.readouterr().out.splitlines()
     assert ("A city.", "città") in corpus["train"] + corpus["validation"] + corpus["test"]
     everything = corpus["train"] + corpus["validation"] + corpus["test"]
     assert len(everything) == len(set(everything)) and all("\u0300" not in t for _, t in everything)
@@ -270,20 +273,20 @@ def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_traine
 def test_placeholders_stay_whole_and_special_token_names_are_plain_text():
     sentences = ["%*s/%s kB (%d%%) copied", "Hello {name}, %(count)d files", "It is 100% done",
                  "Use [UNK] or [EOS] tokens"] * 20
-    tokenizer = data.tokenizer_from_json(data.train_tokenizer(sentences, 400).to_str())
+    tokenizer = tok.tokenizer_from_json(tok.train_tokenizer(sentences, 400).to_str())
     tokens = tokenizer.encode("%*s/%s kB (%d%%) copied", add_special_tokens=False).tokens
     assert {"%*s", "%s", "%d", "%%"} <= set(tokens) and "(%" not in "".join(tokens).replace("(%d", "")
     assert "Ġ{name}" in tokenizer.encode("Hello {name}, %(count)d files").tokens
     for text in sentences[:4]:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
-        assert not {data.PAD_ID, data.BOS_ID, data.EOS_ID, 1} & set(ids)  # [UNK] in text is text
+        assert not {tok.PAD_ID, tok.BOS_ID, tok.EOS_ID, 1} & set(ids)  # [UNK] in text is text
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert data.placeholders("%*s/%s kB (%d%%) {0} %(name)s, 100% done") == ["%*s", "%s", "%d", "%%", "{0}",
+    assert tok.placeholders("%*s/%s kB (%d%%) {0} %(name)s, 100% done") == ["%*s", "%s", "%d", "%%", "{0}",
                                                                              "%(name)s"]
 
 
-def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path):
-    assert [data.split_of_file(n) for n in ("train.jsonl", "eval.jsonl", "dev-2020.parquet", "newstest2014.jsonl",
+def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path, capsys):
+    assert [corpora.split_of_file(n) for n in ("train.jsonl", "eval.jsonl", "dev-2020.parquet", "newstest2014.jsonl",
                                             "corpus.jsonl", "heldout.jsonl")] == \
         ["train", "validation", "validation", "test", None, None]
     folder = tmp_path / "corpus"
@@ -291,15 +294,16 @@ def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path):
     write_jsonl(folder / "train.jsonl", [(f"Sentence {i}.", f"Frase {i}.") for i in range(30)])
     write_jsonl(folder / "eval.jsonl", [(f"Other {i}.", f"Altra {i}.") for i in range(4)])
     write_jsonl(folder / "newstest2014.jsonl", [(f"Test {i}.", f"Prova {i}.") for i in range(3)])
-    lines = []
-    corpus = data.load_corpus(parse_config(["--dataset", str(folder)]), lines.append)
+    capsys.readouterr()
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(folder)]))
+    lines = capsys.readouterr().out.splitlines()
     assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (30, 4, 3)
     assert "validation <- " in lines[0] and "eval.jsonl" in lines[0] and "newstest2014.jsonl" in lines[0]
     write_jsonl(folder / "heldout.jsonl", [("Held.", "Tenuta.")])  # says no split, beside files that do
     with pytest.raises(UserError, match="cannot tell which split heldout.jsonl holds"):
-        data.load_corpus(parse_config(["--dataset", str(folder)]))
+        corpora.load_corpus(parse_config(["--dataset", str(folder)]))
     explicit = f"train={folder / 'train.jsonl'},validation={folder / 'heldout.jsonl'}"
-    corpus = data.load_corpus(parse_config(["--data_files", explicit, "--test_size", "5"]))
+    corpus = corpora.load_corpus(parse_config(["--data_files", explicit, "--test_size", "5"]))
     assert corpus["validation"] == [("Held.", "Tenuta.")] and len(corpus["test"]) == 5
     with pytest.raises(UserError, match="'dev' is not a split"):
-        data.load_corpus(parse_config(["--data_files", f"dev={folder / 'eval.jsonl'}"]))
+        corpora.load_corpus(parse_config(["--data_files", f"dev={folder / 'eval.jsonl'}"]))

@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 import dataset as data
+import tokenizer as tok
 from config import parse_config
 from conftest import free_port
 from distributed import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
@@ -29,9 +30,9 @@ def global_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         examples = []
         for _ in range(GLOBAL_BATCH):
             s, t = int(torch.randint(2, 9, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
-            src = torch.cat([torch.randint(4, 40, (s,), generator=g), torch.tensor([data.EOS_ID])])
-            tgt = torch.cat([torch.tensor([data.BOS_ID]), torch.randint(4, 40, (t,), generator=g),
-                             torch.tensor([data.EOS_ID])])
+            src = torch.cat([torch.randint(4, 40, (s,), generator=g), torch.tensor([tok.EOS_ID])])
+            tgt = torch.cat([torch.tensor([tok.BOS_ID]), torch.randint(4, 40, (t,), generator=g),
+                             torch.tensor([tok.EOS_ID])])
             examples.append((src, tgt))
         steps.append(examples)
     return steps

@@ -6,7 +6,9 @@ import contextlib
 import torch
 
 import dataset as data
-from evaluation import max_output_length, placeholder_match_rate, scored_sample, translate_examples
+import tokenizer as tok
+from decoding import max_output_length
+from evaluation import placeholder_match_rate, scored_sample, translate_examples
 from model import ModelConfig, Transformer
 
 
@@ -34,8 +36,8 @@ def test_translations_keep_exactly_their_sources_placeholders_where_the_vocabula
     """Evaluation and translate.py decode under a PlaceholderBudget: an untrained model that would end at once, or
     would emit placeholders its source lacks, writes each of its source's placeholders as often as the source."""
     sentences = ["%s copied to %s", "%d files in {name}", "no placeholder here", "size %s of %d"] * 30
-    tokenizer = data.tokenizer_from_json(data.train_tokenizer(sentences, 400).to_str())
-    table = data.placeholder_tokens(tokenizer)
+    tokenizer = tok.tokenizer_from_json(tok.train_tokenizer(sentences, 400).to_str())
+    table = tok.placeholder_tokens(tokenizer)
     assert {"%s", "%d", "{name}"} <= set(table)
     for name, ids in table.items():
         assert {tokenizer.decode([i]).removeprefix(" ") for i in ids} == {name}
@@ -46,10 +48,10 @@ def test_translations_keep_exactly_their_sources_placeholders_where_the_vocabula
                                     max_len=32)).eval()
     bias = torch.zeros(vocab)
     placeholder_ids = [i for ids in table.values() for i in ids]
-    bias[data.EOS_ID], bias[placeholder_ids] = 8.0, 6.0  # ends at once, else writes placeholders
+    bias[tok.EOS_ID], bias[placeholder_ids] = 8.0, 6.0  # ends at once, else writes placeholders
     model.output.register_forward_hook(lambda module, inputs, output: output + bias)
     for beam_size in (1, 3):
         out = translate_examples(model, tokenized.dataset, [0, 1, 2, 3], sentences[:4], tokenizer, 4,
                                  torch.device("cpu"), contextlib.nullcontext, beam_size)
-        assert [sorted(data.placeholders(out[i])) for i in range(4)] == \
+        assert [sorted(tok.placeholders(out[i])) for i in range(4)] == \
             [["%s", "%s"], ["%d", "{name}"], [], ["%d", "%s"]]

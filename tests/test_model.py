@@ -2,7 +2,9 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model import FINISHED_CHECK_EVERY, ModelConfig, TokenBudget, Transformer
+import decoding
+from decoding import FINISHED_CHECK_EVERY, TokenBudget
+from model import ModelConfig, Transformer
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -80,8 +82,8 @@ def test_cached_greedy_decoding_equals_uncached():
     src = random_tokens(5, 9)
     src[2, 4:] = PAD
     src[4, 2:] = PAD
-    cached = model.greedy_decode(src, bos_id=2, eos_id=3, max_new_tokens=20, use_cache=True)
-    uncached = model.greedy_decode(src, bos_id=2, eos_id=3, max_new_tokens=20, use_cache=False)
+    cached = decoding.greedy_decode(model, src, bos_id=2, eos_id=3, max_new_tokens=20, use_cache=True)
+    uncached = decoding.greedy_decode(model, src, bos_id=2, eos_id=3, max_new_tokens=20, use_cache=False)
     assert cached.shape[1] > 1
     torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
 
@@ -99,11 +101,11 @@ def test_greedy_decoding_stops_when_all_finished_and_pads_after_eos():
 
     model.decode = scripted_decode
     calls = []
-    out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30)
+    out = decoding.greedy_decode(model, random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30)
     assert out.tolist() == [[PAD, PAD], [5, 5]]  # columns of padding only are cut off
     assert len(calls) == FINISHED_CHECK_EVERY  # all ended at step 3; the host looked at step 8
     calls = []
-    out = model.greedy_decode(random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30,
+    out = decoding.greedy_decode(model, random_tokens(2, 5), bos_id=2, eos_id=3, max_new_tokens=30,
                               max_lengths=torch.tensor([30, 1]))
     assert out.tolist() == [[PAD], [5]] and len(calls) == FINISHED_CHECK_EVERY  # row 1 cut at its own limit
 
@@ -117,10 +119,10 @@ def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_out
     model.output.register_forward_hook(lambda module, inputs, output: output + eos_bias)
     src = torch.randint(4, 30, (16, 6))
     src[3, 4:] = PAD
-    assert torch.equal(model.beam_search(src, BOS, EOS, 30, beam_size=1), model.greedy_decode(src, BOS, EOS, 30))
+    assert torch.equal(decoding.beam_search(model, src, BOS, EOS, 30, beam_size=1), decoding.greedy_decode(model, src, BOS, EOS, 30))
 
     def mean_length(length_penalty):
-        out = model.beam_search(src, BOS, EOS, 30, beam_size=5, length_penalty=length_penalty)
+        out = decoding.beam_search(model, src, BOS, EOS, 30, beam_size=5, length_penalty=length_penalty)
         return (out != PAD).sum(dim=1).float().mean().item()
 
     # Raw log-probability sums (penalty 0) prefer ending at once; dividing by length ** penalty undoes that.
@@ -137,8 +139,8 @@ def test_a_token_budget_holds_each_hypothesis_to_its_counts_in_greedy_and_beam_s
     bias[[PAD, 1, BOS]], bias[EOS], bias[[5, 6, 7]] = -10.0, 6.0, 4.0  # ends at once, unless EOS is forbidden
     model.output.register_forward_hook(lambda module, inputs, output: output + bias)
     src = torch.randint(4, 12, (6, 5))
-    for decode in (lambda **budget: model.greedy_decode(src, BOS, EOS, 40, **budget),
-                   lambda **budget: model.beam_search(src, BOS, EOS, 40, beam_size=3, **budget)):
+    for decode in (lambda **budget: decoding.greedy_decode(model, src, BOS, EOS, 40, **budget),
+                   lambda **budget: decoding.beam_search(model, src, BOS, EOS, 40, beam_size=3, **budget)):
         # Tokens 5 and 6 spell the same thing (one group), token 7 another: each sentence its own counts.
         counts = torch.tensor([[0, 0], [1, 0], [2, 1], [0, 3], [1, 1], [3, 0]])
         budget = TokenBudget(torch.tensor([5, 6, 7]), torch.tensor([0, 0, 1]), counts)
@@ -163,8 +165,8 @@ def test_a_token_budget_fits_the_owed_tokens_into_an_output_cut_off_at_its_lengt
     counts = torch.tensor([[0, 0], [1, 0], [2, 1], [1, 3]])
     budget = TokenBudget(torch.tensor([5, 6, 7]), torch.tensor([0, 0, 1]), counts)
     limits = torch.tensor([3, 3, 5, 4])
-    greedy = model.greedy_decode(src, BOS, EOS, 40, max_lengths=limits, budget=budget)
-    beam = model.beam_search(src, BOS, EOS, 40, beam_size=3, max_lengths=limits, budget=budget)
+    greedy = decoding.greedy_decode(model, src, BOS, EOS, 40, max_lengths=limits, budget=budget)
+    beam = decoding.beam_search(model, src, BOS, EOS, 40, beam_size=3, max_lengths=limits, budget=budget)
     for out in (greedy, beam):
         out = [[t for t in row if t != PAD] for row in out.tolist()]
         assert [len(row) for row in out] == limits.tolist()  # no EOS: every output cut at its own limit
@@ -192,8 +194,8 @@ def test_decoding_reads_the_device_once_every_few_tokens_not_every_token():
     model = tiny_model()
     src = random_tokens(4, 7)
     tokens = 40
-    for decode in (lambda: model.greedy_decode(src, BOS, -1, tokens),  # -1: no sentence ever ends
-                   lambda: model.beam_search(src, BOS, -1, tokens, beam_size=3)):
+    for decode in (lambda: decoding.greedy_decode(model, src, BOS, -1, tokens),  # -1: no sentence ever ends
+                   lambda: decoding.beam_search(model, src, BOS, -1, tokens, beam_size=3)):
         with HostReads() as reads:
             out = decode()
         assert out.shape == (4, tokens)
@@ -205,10 +207,10 @@ def test_preallocated_cache_decodes_like_the_uncached_model_in_beam_search():
     src = random_tokens(3, 6)
     src[1, 3:] = PAD
     # Beam search's cache is reordered every step: its scores must equal the model's own full-sequence scores.
-    out = model.beam_search(src, BOS, EOS, 12, beam_size=3, length_penalty=0.0)
-    best = model.beam_search(src, BOS, EOS, 12, beam_size=1)
-    assert torch.equal(best, model.greedy_decode(src, BOS, EOS, 12, use_cache=False))
-    assert (model.sequence_log_prob(src, out, BOS, EOS) >= model.sequence_log_prob(src, best, BOS, EOS) - 1e-4).all()
+    out = decoding.beam_search(model, src, BOS, EOS, 12, beam_size=3, length_penalty=0.0)
+    best = decoding.beam_search(model, src, BOS, EOS, 12, beam_size=1)
+    assert torch.equal(best, decoding.greedy_decode(model, src, BOS, EOS, 12, use_cache=False))
+    assert (decoding.sequence_log_prob(model, src, out, BOS, EOS) >= decoding.sequence_log_prob(model, src, best, BOS, EOS) - 1e-4).all()
 
 
 def test_beam_search_never_picks_a_hypothesis_cut_at_the_length_limit_over_one_that_ended():
@@ -220,9 +222,9 @@ def test_beam_search_never_picks_a_hypothesis_cut_at_the_length_limit_over_one_t
     limits = torch.tensor([10, 10, 10])
     # The loop "5" x 10 scores about -0.05 per token, -0.5 in all; ending at once about -3: by score / length the
     # cut-off loop would win by far.
-    out = model.beam_search(src, BOS, EOS, 30, beam_size=4, length_penalty=1.0, max_lengths=limits)
+    out = decoding.beam_search(model, src, BOS, EOS, 30, beam_size=4, length_penalty=1.0, max_lengths=limits)
     assert ((out != PAD).sum(dim=1) < limits).all(), out  # every winner ended with EOS within its limit
     # With no ended beam at all (EOS impossible), the cut-off hypothesis is still returned.
     bias[EOS] = -1e4
-    out = model.beam_search(src, BOS, EOS, 30, beam_size=4, max_lengths=limits)
+    out = decoding.beam_search(model, src, BOS, EOS, 30, beam_size=4, max_lengths=limits)
     assert out.tolist() == [[5] * 10] * 3

@@ -8,7 +8,7 @@ import torch
 import distributed
 import runtime
 import train
-from config import UserError
+from errors import UserError
 
 # torch.cuda.get_arch_list() of the PyPI build (CUDA 13) and of the CUDA 12.6 build.
 CUDA13_BUILD = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]

@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 import checkpoint
-import dataset as data
-from config import UserError, parse_config, validate
+import corpus as corpora
+from config import parse_config, validate
+from errors import UserError
 from conftest import TINY_MODEL, free_port, toy_pairs, torchrun
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -66,24 +67,24 @@ def test_parquet_and_jsonl_load_from_s3_in_memory_and_as_a_stream(bucket, monkey
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     pairs = [(r["translation"]["en"], r["translation"]["it"]) for r in rows]
-    corpus = data.load_corpus(parse_config(["--data_files", f"s3://{name}/parquet/*.parquet", "--valid_size", "10",
+    corpus = corpora.load_corpus(parse_config(["--data_files", f"s3://{name}/parquet/*.parquet", "--valid_size", "10",
                                             "--test_size", "10"]))
     assert sorted(corpus["train"] + corpus["validation"] + corpus["test"]) == sorted(pairs)
     cfg = parse_config(["--data_files", f"s3://{name}/toy/*.jsonl", "--streaming", "--max_steps", "5",
                         "--valid_size", "10", "--test_size", "10"])
     validate(cfg)
-    stream = data.load_corpus(cfg)
+    stream = corpora.load_corpus(cfg)
     assert stream["validation"] == pairs[:10] and stream["test"] == pairs[10:20]
-    assert data.take_pairs(stream["train"], 400, cfg) == pairs  # both files, in order, through the glob
+    assert corpora.take_pairs(stream["train"], 400, cfg) == pairs  # both files, in order, through the glob
 
 
 def test_missing_s3_files_are_a_clear_error(bucket):
     name, _ = bucket
     with pytest.raises(UserError, match=r"^--data_files: cannot load"):
-        data.load_corpus(parse_config(["--data_files", f"s3://{name}/nothing/*.jsonl", "--streaming",
+        corpora.load_corpus(parse_config(["--data_files", f"s3://{name}/nothing/*.jsonl", "--streaming",
                                        "--max_steps", "5"]))
     with pytest.raises(UserError, match="only local files or only remote"):
-        data.load_corpus(parse_config(["--data_files", f"s3://{name}/toy/*.jsonl,local.jsonl"]))
+        corpora.load_corpus(parse_config(["--data_files", f"s3://{name}/toy/*.jsonl,local.jsonl"]))
 
 
 def test_checkpoints_need_a_mounted_folder():

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 import checkpoint
+import train
 import dataset as data
-from config import UserError, parse_config, validate
+import corpus as corpora
+import tokenizer as tok
+from config import parse_config, validate
+from errors import UserError
 from conftest import TINY_MODEL, toy_pairs, torchrun, write_jsonl
 
 
@@ -34,15 +38,15 @@ def stream_config(pattern: str, *extra: str):
 def test_held_out_pairs_come_first_and_tokenizers_learn_from_the_next_ones(four_files):
     pattern, pairs = four_files
     cfg = stream_config(pattern, "--tokenizer_sample", "5")
-    corpus = data.load_corpus(cfg)
+    corpus = corpora.load_corpus(cfg)
     assert corpus["validation"] == pairs[:4] and corpus["test"] == pairs[4:7]
-    assert data.tokenizer_sample(cfg, corpus) == pairs[7:12]
+    assert corpora.tokenizer_sample(cfg, corpus) == pairs[7:12]
     in_memory = parse_config(["--data_files", pattern, "--tokenizer_sample", "5"])
-    assert data.tokenizer_sample(in_memory, {"train": pairs}) == pairs[:5]
+    assert corpora.tokenizer_sample(in_memory, {"train": pairs}) == pairs[:5]
 
 
 def texts(batches, tokenizer) -> list[str]:
-    return [tokenizer.decode([t for t in row.tolist() if t > data.EOS_ID]) for b in batches for row in b["src"]]
+    return [tokenizer.decode([t for t in row.tolist() if t > tok.EOS_ID]) for b in batches for row in b["src"]]
 
 
 def all_batches(stream: data.StreamBatches) -> list[dict]:
@@ -55,10 +59,10 @@ def all_batches(stream: data.StreamBatches) -> list[dict]:
 def test_ranks_get_disjoint_shuffled_shards_that_resume_exactly(four_files):
     pattern, pairs = four_files
     cfg = stream_config(pattern)
-    corpus = data.load_corpus(cfg)
-    src_tok = data.train_tokenizer([p[0] for p in pairs], 400)
-    tgt_tok = data.train_tokenizer([p[1] for p in pairs], 400)
-    streams = [data.StreamBatches(corpus, src_tok, tgt_tok, cfg, rank, 2) for rank in range(2)]
+    corpus = corpora.load_corpus(cfg)
+    src_tok = tok.train_tokenizer([p[0] for p in pairs], 400)
+    tgt_tok = tok.train_tokenizer([p[1] for p in pairs], 400)
+    streams = [train.stream_batches(corpus, src_tok, tgt_tok, cfg, rank, 2) for rank in range(2)]
     seen = [texts(all_batches(s), src_tok) for s in streams]
     assert not set(seen[0]) & set(seen[1])
     train_sources = {p[0] for p in pairs[7:]}
@@ -75,7 +79,7 @@ def test_ranks_get_disjoint_shuffled_shards_that_resume_exactly(four_files):
     first = streams[0].take(2)
     position = pickle.loads(pickle.dumps(streams[0].position()))
     rest = all_batches(streams[0])
-    resumed = data.StreamBatches(corpus, src_tok, tgt_tok, cfg, 0, 2)
+    resumed = train.stream_batches(corpus, src_tok, tgt_tok, cfg, 0, 2)
     resumed.start_epoch(1, position)
     again = all_batches(resumed)
     assert texts(first + rest, src_tok) == next_epoch

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import checkpoint
-import dataset as data
+import tokenizer as tok
 import runtime
 import train
 from conftest import ROOT, TINY_MODEL, child_env, free_port, toy_pairs, torchrun, write_jsonl
@@ -180,7 +180,7 @@ def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp
     code, _, err = run_in_process([*base, "--lang_src", "it", "--lang_tgt", "en"], capsys)
     assert code == 2 and "--lang_src en (checkpoint) vs it (now)" in err and "--lang_tgt it (checkpoint) vs en" in err
     # Someone replaced the target tokenizer in the folder: the checkpoint's embeddings no longer fit it.
-    other = data.train_tokenizer([p[1] for p in toy_pairs(50, seed=1)], 300)
+    other = tok.train_tokenizer([p[1] for p in toy_pairs(50, seed=1)], 300)
     (folder / "tokenizer_it.json").write_text(other.to_str())
     code, _, err = run_in_process(base, capsys)
     assert code == 2 and "the tgt tokenizer differs from the checkpoint's" in err
@@ -194,7 +194,7 @@ def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_
     code, out, err = run_in_process(base, capsys)  # on by default for a corpus of one's own
     assert code == 0 and "--share_vocab True" in out, err
     assert (folder / "tokenizer_en.json").read_text() == (folder / "tokenizer_it.json").read_text()
-    joint = data.tokenizer_from_json((folder / "tokenizer_en.json").read_text())
+    joint = tok.tokenizer_from_json((folder / "tokenizer_en.json").read_text())
     assert joint.token_to_id("Il") is not None and joint.token_to_id("The") is not None  # both languages
     saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
     assert torch.equal(saved["model"]["src_embed.weight"], saved["model"]["tgt_embed.weight"])
@@ -203,7 +203,7 @@ def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_
     code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2"), "--max_steps",
                                    "2"], capsys)
     assert code == 0
-    other = data.train_tokenizer([t for _, t in toy_pairs(50, seed=1)], 300)
+    other = tok.train_tokenizer([t for _, t in toy_pairs(50, seed=1)], 300)
     (tmp_path / "w2" / "tokenizer_it.json").write_text(other.to_str())
     code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2"), "--max_steps",
                                    "4"], capsys)
@@ -382,7 +382,7 @@ def test_an_fp16_overflow_skips_the_step_halves_the_loss_scale_and_training_goes
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, num_heads=2, num_layers=1,
-                                    d_ff=32, dropout=0.0, max_len=16, pad_id=data.PAD_ID))
+                                    d_ff=32, dropout=0.0, max_len=16, pad_id=tok.PAD_ID))
     cfg = train.parse_config(["--d_model", "16"])
     optimizer = train.build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)

@@ -12,7 +12,8 @@ import sacrebleu
 import torch
 
 import checkpoint
-import dataset as data
+import decoding
+import tokenizer as tok
 import runtime
 import translate
 from conftest import launch, toy_pairs, write_jsonl
@@ -58,13 +59,13 @@ def test_beam_search_never_scores_below_greedy_under_the_model(trained):
     model = translator.model
     sources = [s for s, _ in toy_pairs(40, seed=7)] + ["The dog.", "horse horse horse book tree the the"]
     src = torch.nn.utils.rnn.pad_sequence(
-        [torch.tensor(e.ids + [data.EOS_ID]) for e in translator.src_tok.encode_batch(sources)], batch_first=True)
-    greedy = model.greedy_decode(src, data.BOS_ID, data.EOS_ID, 40)
-    beam = model.beam_search(src, data.BOS_ID, data.EOS_ID, 40, beam_size=4, length_penalty=0.0)
-    greedy_score = model.sequence_log_prob(src, greedy, data.BOS_ID, data.EOS_ID)
-    beam_score = model.sequence_log_prob(src, beam, data.BOS_ID, data.EOS_ID)
+        [torch.tensor(e.ids + [tok.EOS_ID]) for e in translator.src_tok.encode_batch(sources)], batch_first=True)
+    greedy = decoding.greedy_decode(model, src, tok.BOS_ID, tok.EOS_ID, 40)
+    beam = decoding.beam_search(model, src, tok.BOS_ID, tok.EOS_ID, 40, beam_size=4, length_penalty=0.0)
+    greedy_score = decoding.sequence_log_prob(model, src, greedy, tok.BOS_ID, tok.EOS_ID)
+    beam_score = decoding.sequence_log_prob(model, src, beam, tok.BOS_ID, tok.EOS_ID)
     assert bool((beam_score >= greedy_score - 1e-4).all()), (beam_score - greedy_score).min()
-    assert torch.equal(model.beam_search(src, data.BOS_ID, data.EOS_ID, 40, beam_size=1), greedy)
+    assert torch.equal(decoding.beam_search(model, src, tok.BOS_ID, tok.EOS_ID, 40, beam_size=1), greedy)
 
 
 def test_translate_cli_stdin_and_files_agree(trained, tmp_path):
@@ -123,7 +124,7 @@ def test_missing_or_incompatible_folders_are_clear_errors(trained, tmp_path):
     assert empty.returncode == 2 and "no complete checkpoint there" in empty.stderr
     other = tmp_path / "other"
     shutil.copytree(folder, other)
-    retrained = data.train_tokenizer([t for _, t in toy_pairs(50, seed=9)], 300)
+    retrained = tok.train_tokenizer([t for _, t in toy_pairs(50, seed=9)], 300)
     (other / "tokenizer_it.json").write_text(retrained.to_str())
     mismatch = run_translate(["--model_folder", str(other), "hello"])
     assert mismatch.returncode == 2 and "is not the tokenizer" in mismatch.stderr

@@ -1,0 +1,286 @@
+"""Translation search over a trained `model.Transformer`: greedy decoding and beam search, the key/value cache they
+decode with, and the token budget that holds each translation to its source's placeholders.
+
+Kept apart from the network (as fairseq keeps its SequenceGenerator apart from its models): the model computes
+logits for the positions it is given; how outputs are searched, cut and scored is decided here, and shared by
+evaluation and translate.py.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, placeholder_tokens, placeholders
+
+FINISHED_CHECK_EVERY = 8  # decoding steps between host reads of "has every sentence ended?"
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+
+class CrossAttentionCache:
+    """The encoder output's keys and values for one decoder layer: projected once, at the first token."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def keys_values(self, attention, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            self.k, self.v = attention.project_kv(memory)
+        return self.k, self.v
+
+
+class SelfAttentionCache:
+    """One decoder layer's keys and values of the positions decoded so far, in buffers of `capacity` positions
+    allocated at the first token and filled one position per call."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.k = self.v = None
+
+    def keys_values(self, attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_new, v_new = attention.project_kv(x)
+        if self.k is None:
+            shape = (*k_new.shape[:2], self.capacity, k_new.shape[3])
+            self.k, self.v = k_new.new_zeros(shape), v_new.new_zeros(shape)
+        start, end = self.length, self.length + k_new.shape[2]
+        self.k[:, :, start:end], self.v[:, :, start:end] = k_new, v_new
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i continues the hypothesis of row `rows[i]`."""
+        self.k[:, :, :self.length] = self.k[rows, :, :self.length]
+        self.v[:, :, :self.length] = self.v[rows, :, :self.length]
+
+
+@dataclass
+class LayerCache:
+    """What `model.DecoderLayer` reads and extends while decoding one token at a time."""
+    self_attention: SelfAttentionCache
+    cross_attention: CrossAttentionCache
+
+
+def new_caches(model, capacity: int) -> list[LayerCache]:
+    return [LayerCache(SelfAttentionCache(capacity), CrossAttentionCache()) for _ in model.decoder_layers]
+
+
+# ----------------------------------------------------------------------------------------------- budgets
+
+@dataclass
+class TokenBudget:
+    """Tokens a translation must hold exactly as many times as given, sentence by sentence (the placeholders of its
+    source, which programs fill in: a missing or extra one crashes them). `token_ids` (P,) fall in `groups` (P,):
+    tokens that spell the same thing (with and without a space before it) share a group; `counts` (N, G) is each
+    sentence's number of each group. Decoding blocks a group's tokens once its count is reached, EOS until every
+    count is, and everything else once the tokens still owed need all the room left before the length limit."""
+    token_ids: torch.Tensor
+    groups: torch.Tensor
+    counts: torch.Tensor
+
+    def for_beams(self, beam_size: int) -> "TokenBudget":
+        return TokenBudget(self.token_ids, self.groups, self.counts.repeat_interleave(beam_size, dim=0))
+
+    def restrict(self, scores: torch.Tensor, used: torch.Tensor, eos_id: int, room: torch.Tensor) -> torch.Tensor:
+        """`scores` (N, V) with what the budget forbids at -inf, given the `used` (N, G) counts so far and the
+        `room` (N,) left before each output's length limit: once the tokens still owed fill that room, only they
+        are allowed, so an output cut off at its limit still holds them."""
+        remaining = self.counts - used
+        blocked = remaining[:, self.groups] <= 0
+        scores = scores.index_copy(1, self.token_ids, scores[:, self.token_ids].masked_fill(blocked, float("-inf")))
+        owed = remaining.clamp(min=0).sum(dim=1)
+        scores[:, eos_id] = scores[:, eos_id].masked_fill(owed > 0, float("-inf"))
+        unbudgeted = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device).index_fill(0, self.token_ids,
+                                                                                                    False)
+        return scores.masked_fill(((owed > 0) & (owed >= room))[:, None] & unbudgeted, float("-inf"))
+
+    def spend(self, used: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
+        hits = (next_token[:, None] == self.token_ids).long()
+        return used.scatter_add(1, self.groups.expand_as(hits), hits)
+
+
+class PlaceholderBudget:
+    """Each translation keeps its source's placeholders (%s, %(name)d, {0}, ...): as many of each as the source
+    has, no more, no fewer, wherever the target vocabulary spells the placeholder as one token (a placeholder split
+    into several tokens is left to the model). Measured: docs/experiments.md#placeholder-budget."""
+
+    def __init__(self, tgt_tokenizer):
+        table = placeholder_tokens(tgt_tokenizer)
+        self.names = list(table)
+        self.token_ids = torch.tensor([i for name in self.names for i in table[name]], dtype=torch.long)
+        self.groups = torch.tensor([g for g, name in enumerate(self.names) for _ in table[name]], dtype=torch.long)
+
+    def for_sources(self, sources: list[str], device) -> TokenBudget | None:
+        if not self.names:
+            return None
+        counts = [Counter(placeholders(text)) for text in sources]
+        return TokenBudget(self.token_ids.to(device), self.groups.to(device),
+                           torch.tensor([[c[name] for name in self.names] for c in counts], device=device))
+
+
+# ----------------------------------------------------------------------------------------------- search
+
+def max_output_length(src_length):
+    """Translations are cut at twice the source length plus a margin: an untrained model never loops for long.
+    Works on a number or on a tensor of lengths."""
+    return 2 * src_length + 10
+
+
+def _length_limits(batch: int, device, max_new_tokens: int, max_lengths: torch.Tensor | None) -> torch.Tensor:
+    """Each sentence's own output limit (at most `max_new_tokens`): a translation never depends on the length
+    of its batch mates."""
+    limit = torch.full((batch,), max_new_tokens, device=device)
+    return limit if max_lengths is None else torch.minimum(max_lengths.to(limit.device), limit)
+
+
+def _trimmed(out: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """EOS and what follows it set to pad, and the columns that hold only padding cut off (one host read)."""
+    out = out.masked_fill((out == eos_id).cumsum(dim=1) > 0, pad_id)
+    width = int((out != pad_id).sum(dim=1).max()) if out.numel() else 0
+    return out[:, :max(width, 1)] if out.shape[1] else out
+
+
+@torch.no_grad()
+def greedy_decode(model, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int, use_cache: bool = True,
+                  max_lengths: torch.Tensor | None = None, budget: TokenBudget | None = None) -> torch.Tensor:
+    """Greedy translation of a batch: (B, <=max_new_tokens) token ids, EOS and what follows it set to pad.
+    `max_lengths` (B,) caps each sentence's output; `budget` fixes how often given tokens appear. The host reads
+    whether every sentence has ended only every FINISHED_CHECK_EVERY tokens: on a GPU each read waits for the
+    whole queue."""
+    max_new_tokens = min(max_new_tokens, model.config.max_len)
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    batch, pad = src.shape[0], model.config.pad_id
+    limits = _length_limits(batch, src.device, max_new_tokens, max_lengths)
+    tokens = torch.full((batch, max_new_tokens + 1), pad, dtype=torch.long, device=src.device)
+    tokens[:, 0] = bos_id
+    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    caches = new_caches(model, max_new_tokens) if use_cache else None
+    used = None if budget is None else torch.zeros_like(budget.counts)
+    steps = 0
+    for step in range(max_new_tokens):
+        if use_cache:
+            logits = model.decode(tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
+        else:
+            logits = model.decode(tokens[:, :step + 1], memory, src_mask)
+        logits = logits[:, -1]
+        if budget is not None:
+            logits = budget.restrict(logits, used, eos_id, room=limits - step)
+        next_token = logits.argmax(dim=-1).masked_fill(finished, pad)
+        if budget is not None:
+            used = budget.spend(used, next_token)
+        tokens[:, step + 1] = next_token
+        finished = finished | (next_token == eos_id) | (step + 1 >= limits)
+        steps = step + 1
+        if steps % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
+            break
+    return _trimmed(tokens[:, 1:steps + 1], eos_id, pad)
+
+
+class _Beams:
+    """The state of a beam search over B sentences of K beams each, flattened to B*K rows. Beams are ranked by
+    their summed log-probability; a beam that ended keeps its score and its slot, continuing with padding at no
+    cost (torch.where, not masked assignment, which would wait for the device to count the ended beams)."""
+
+    def __init__(self, batch: int, k: int, max_new_tokens: int, bos_id: int, pad_id: int, vocab: int, device):
+        self.batch, self.k, self.vocab = batch, k, vocab
+        self.scores = torch.full((batch, k), float("-inf"), device=device)
+        self.scores[:, 0] = 0.0  # one live beam at first, so the K beams do not start as K copies
+        self.tokens = torch.full((batch * k, max_new_tokens + 1), pad_id, dtype=torch.long, device=device)
+        self.tokens[:, 0] = bos_id
+        self.finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
+        self.ended_by_eos = torch.zeros(batch * k, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch * k, device=device)
+        self.offsets = torch.arange(batch, device=device)[:, None] * k
+        self.padding_only = torch.full((vocab,), float("-inf"), device=device)
+        self.padding_only[pad_id] = 0.0
+
+    def advance(self, log_probs: torch.Tensor, step: int, eos_id: int, limits: torch.Tensor):
+        """Keep the K best continuations of each sentence; (rows they continue, their new tokens)."""
+        log_probs = torch.where(self.finished[:, None], self.padding_only, log_probs)
+        candidates = (self.scores.view(-1, 1) + log_probs).view(self.batch, self.k * self.vocab)
+        self.scores, best = candidates.topk(self.k, dim=-1)
+        rows = (self.offsets + best // self.vocab).view(-1)
+        next_token = (best % self.vocab).view(-1)
+        self.tokens = self.tokens[rows]
+        self.tokens[:, step + 1] = next_token
+        finished, ended_by_eos = self.finished[rows], self.ended_by_eos[rows]
+        self.lengths = self.lengths[rows] + (~finished).float()
+        self.ended_by_eos = ended_by_eos | (~finished & (next_token == eos_id))
+        self.finished = finished | (next_token == eos_id) | (step + 1 >= limits)
+        return rows, next_token
+
+    def best(self, length_penalty: float) -> torch.Tensor:
+        """Each sentence's winning row: the best score / length ** length_penalty (length counts the EOS) among
+        the beams that ended with EOS, or among all when none did."""
+        normalised = self.scores / self.lengths.view(self.batch, self.k).clamp(min=1) ** length_penalty
+        eos_ended = self.ended_by_eos.view(self.batch, self.k)
+        normalised = normalised.masked_fill(~eos_ended & eos_ended.any(dim=1, keepdim=True), float("-inf"))
+        return self.offsets[:, 0] + normalised.argmax(dim=-1)
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, max_new_tokens: int, beam_size: int = 4,
+                length_penalty: float = 1.0, max_lengths: torch.Tensor | None = None,
+                budget: TokenBudget | None = None) -> torch.Tensor:
+    """Beam search over a batch, with the key/value cache: (B, <=max_new_tokens) token ids of each sentence's
+    best hypothesis, EOS and what follows it set to pad.
+
+    The winner maximises score / length ** length_penalty: 0 compares raw sums, which favour short outputs; larger
+    values favour longer ones. A hypothesis cut off at its sentence's length limit (`max_lengths`, at most
+    `max_new_tokens`) without EOS wins only when no beam of its sentence ended with EOS: a loop that never ends
+    must not beat a finished translation. `budget` fixes how often given tokens appear in each hypothesis. Beam
+    size 1 is greedy decoding."""
+    max_new_tokens = min(max_new_tokens, model.config.max_len)
+    batch, k = src.shape[0], beam_size
+    src = src.repeat_interleave(k, dim=0)  # (B*K, S): every beam of a sentence sees its source
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    limits = _length_limits(batch * k, src.device, max_new_tokens,
+                            None if max_lengths is None else max_lengths.repeat_interleave(k))
+    beams = _Beams(batch, k, max_new_tokens, bos_id, model.config.pad_id, model.config.tgt_vocab_size, src.device)
+    budget = None if budget is None else budget.for_beams(k)
+    used = None if budget is None else torch.zeros_like(budget.counts)
+    caches = new_caches(model, max_new_tokens)
+    steps = 0
+    for step in range(max_new_tokens):
+        logits = model.decode(beams.tokens[:, step:step + 1], memory, src_mask, caches, offset=step)
+        log_probs = F.log_softmax(logits[:, -1].float(), dim=-1)
+        if budget is not None:  # after the softmax: what is allowed keeps the model's own probability
+            log_probs = budget.restrict(log_probs, used, eos_id, room=limits - step)
+        rows, next_token = beams.advance(log_probs, step, eos_id, limits)
+        if budget is not None:
+            used = budget.spend(used[rows], next_token)
+        for cache in caches:  # cross-attention caches are the same for every beam of a sentence
+            cache.self_attention.reorder(rows)
+        steps = step + 1
+        if steps % FINISHED_CHECK_EVERY == 0 and bool(beams.finished.all()):
+            break
+    return _trimmed(beams.tokens[beams.best(length_penalty), 1:steps + 1], eos_id, model.config.pad_id)
+
+
+@torch.no_grad()
+def sequence_log_prob(model, src: torch.Tensor, hypotheses: torch.Tensor, bos_id: int, eos_id: int) -> torch.Tensor:
+    """The model's own score of each hypothesis (pad after EOS, as decoding returns them): the summed
+    log-probability of its tokens and of the EOS that ends it. (B,)"""
+    pad = model.config.pad_id
+    lengths = (hypotheses != pad).sum(dim=1)
+    target = torch.cat([hypotheses, torch.full_like(hypotheses[:, :1], pad)], dim=1)
+    target[torch.arange(len(target)), lengths] = eos_id
+    tgt_in = torch.cat([torch.full_like(target[:, :1], bos_id), target[:, :-1]], dim=1)
+    log_probs = F.log_softmax(model(src, tgt_in).float(), dim=-1)
+    picked = log_probs.gather(-1, target[..., None]).squeeze(-1)
+    return picked.masked_fill(target == pad, 0.0).sum(dim=1)
+
+
+def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: float = 1.0,
+                  budget: TokenBudget | None = None) -> torch.Tensor:
+    """Translations of a padded source batch as token ids: greedy for beam size 1, else beam search; each output
+    may be at most twice as long as its own source (not the batch's padded width) plus a margin."""
+    limits = max_output_length((src != PAD_ID).sum(dim=1))
+    max_new_tokens = max_output_length(src.shape[1])
+    if beam_size == 1:
+        return greedy_decode(model, src, BOS_ID, EOS_ID, max_new_tokens, max_lengths=limits, budget=budget)
+    return beam_search(model, src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty, max_lengths=limits,
+                       budget=budget)
