@@ -19,6 +19,7 @@ Usage:
 """
 
 import argparse
+import logging
 import json
 import os
 import resource
@@ -41,6 +42,7 @@ import tokenizer
 import model as ours
 import perf
 from errors import UserError
+from monitor import setup_logging
 from runtime import compile_by_default, compile_layers, make_autocast, resolve_precision
 
 PRESETS = {
@@ -55,6 +57,9 @@ DECODE_TOKENS = 50
 NEVER_EOS = -1  # no argmax equals it, so no sentence stops before DECODE_TOKENS
 # nn.Transformer's pre-norm encoder cannot use nested tensors, which only ever speed up inference: no news here.
 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
+
+
+logger = logging.getLogger("translation")
 
 
 def parse_args() -> argparse.Namespace:
@@ -375,11 +380,12 @@ def print_table(header: list[str], rows: list[dict], ratios: list[str], device: 
 
 
 def log(started: float, message: str) -> None:
-    print(f"[{time.perf_counter() - started:4.0f} s] {message}", file=sys.stderr, flush=True)
+    logger.info(f"[{time.perf_counter() - started:4.0f} s] {message}")
 
 
 def main() -> None:
     args = parse_args()
+    setup_logging(rank=0, stream=sys.stderr)  # stdout carries the table
     if args.threads:
         torch.set_num_threads(args.threads)
     started, load = time.perf_counter(), os.getloadavg()[0]  # other busy processes skew every figure on a CPU

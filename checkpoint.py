@@ -120,9 +120,10 @@ def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_st
         except OSError as e:
             error = e
             if attempt < len(RETRY_DELAYS_S):
-                log.warning(f"saving checkpoint of step {step} failed ({e}); retrying in {RETRY_DELAYS_S[attempt]:.0f} s")
-    log.warning(f"CHECKPOINT OF STEP {step} NOT SAVED after {len(RETRY_DELAYS_S) + 1} attempts ({error}); training goes "
-         f"on and earlier checkpoints are intact: free space or fix permissions in {folder}")
+                log.warning(f"saving checkpoint of step {step} failed ({e}); retrying in "
+                            f"{RETRY_DELAYS_S[attempt]:.0f} s")
+    log.warning(f"CHECKPOINT OF STEP {step} NOT SAVED after {len(RETRY_DELAYS_S) + 1} attempts ({error}); training "
+                f"goes on and earlier checkpoints are intact: free space or fix permissions in {folder}")
     return None
 
 

@@ -52,7 +52,7 @@ grep -E "^step|Error|^done" "$out/offload.log" | tail -4 >> "$summary"
 # 7. The benchmark: base preset, compile on, compilation reported apart from step time; goal <= 4 minutes.
 step bench 120 python bench.py --preset base --max_tokens 16384 --steps 30 --skip_ddp --json "$out/bench.json"
 grep -vE "^\[" "$out/bench.log" | tail -16 >> "$summary"
-# 8. Resume memory (README, Multi-node): a 177M-parameter model trains one step and saves; a second run resumes
+# 8. Resume memory (docs/multi-node.md): a 177M-parameter model trains one step and saves; a second run resumes
 #    it and trains one more. The metrics lines' peak GPU memory of the two runs: a resume that loads more than
 #    one tensor at a time onto the GPU shows as a higher peak in the second.
 big=(--d_model 1024 --num_layers 6 --num_heads 8 --d_ff 4096 --no-compile --log_every 1 --save_every 1

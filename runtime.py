@@ -18,9 +18,9 @@ from errors import UserError
 
 
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): training then runs about 1.45x
-    faster under bf16 autocast than in fp32 (2 processes on this machine, 2026-11-26: 147 -> 102 ms a step, the
-    same losses); elsewhere bf16 is emulated and slower than fp32."""
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): training then runs faster under bf16
+    autocast than in fp32, with the same losses (docs/experiments.md#bf16-on-cpus-that-compute-it);
+    elsewhere bf16 is emulated and slower than fp32."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
                                                                        "_is_amx_tile_supported"))
 
@@ -86,7 +86,7 @@ def check_gpu_supported(device: torch.device) -> None:
         raise UserError(f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) "
                         f"is not supported by torch {torch.__version__} (CUDA {torch.version.cuda}, built for "
                         f"{' '.join(arch_list)}): install a build that is, e.g. `{OLD_GPU_INSTALL}` "
-                        f"(README, Install)")
+                        f"(docs/install.md)")
 
 
 def compile_by_default(requested: bool | None, device: torch.device) -> bool:
