@@ -7,10 +7,13 @@ On the builtin English->Italian corpus, all on the same device and in the same p
   4. greedy decoding with and without the key/value cache, DECODE_TOKENS new tokens for every sentence;
   5. DDP weak scaling (CPU only): 2 gloo processes x 1 thread against 1 process x 1 thread on like batches.
 
-A training step is forward, cross-entropy (label smoothing 0.1, mean over non-padding targets), backward and a
-fused AdamW step: train.py's step without gradient clipping and logging. Batches are on the device before the
-clock starts, --warmup steps are not timed, and every model is built from the same seed. Throughput counts real
-tokens only (source + target, no padding) and MFU counts the FLOPs of those tokens only, as perf.py does.
+A training step is train.py's own (optimization.train_step): forward, cross-entropy (label smoothing 0.1, over
+the global non-padding targets), backward, gradient clipping at 1.0 and a fused AdamW step. Batches are on the
+device before the clock starts; at least --warmup steps, and with compilation on as many more as it takes for
+torch.compile to stop compiling, are not timed but reported (compile time apart from step time); the timed steps
+run in one window with one device synchronisation at its end, as training runs them. Every model is built from the
+same seed. Throughput counts real tokens only (source + target, no padding) and MFU counts the FLOPs of those tokens
+only, as perf.py does.
 
 Usage:
     python bench.py --preset tiny                        # train.py's default model: ~3 minutes on 2 CPU cores
@@ -23,7 +26,7 @@ import logging
 import json
 import os
 import resource
-import socket
+import tempfile
 import sys
 import time
 import warnings
@@ -38,12 +41,15 @@ from torch.nn.parallel import DistributedDataParallel
 import builtin_corpus
 import dataset as data
 import decoding
+import optimization
 import tokenizer
 import model as ours
 import perf
+from config import Config
+from distributed import DistInfo
 from errors import UserError
 from monitor import setup_logging
-from runtime import compile_by_default, compile_layers, make_autocast, resolve_precision
+from runtime import compilation_count, compile_by_default, compile_layers, make_autocast, resolve_precision
 
 PRESETS = {
     "tiny": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=3),  # train.py's defaults
@@ -55,6 +61,7 @@ TOKENIZE_LEN = 128  # train.py's --seq_len: longer pairs are dropped (the builti
 DECODE_SENTENCES = 64
 DECODE_TOKENS = 50
 NEVER_EOS = -1  # no argmax equals it, so no sentence stops before DECODE_TOKENS
+MAX_WARMUP_STEPS = 50  # compilation that has not settled by then is reported as it is
 # nn.Transformer's pre-norm encoder cannot use nested tensors, which only ever speed up inference: no news here.
 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
 
@@ -192,76 +199,77 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(run: dict, batch: dict, device: torch.device, precision: str) -> None:
-    with make_autocast(precision, device)():
-        logits = run["model"](batch["src"], batch["tgt_in"])
-    targets = batch["tgt_out"]
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=tokenizer.PAD_ID,
-                           label_smoothing=0.1, reduction="sum") / targets.ne(tokenizer.PAD_ID).sum()
-    run["scaler"].scale(loss).backward()
-    run["scaler"].step(run["optimizer"])
-    run["scaler"].update()
-    run["optimizer"].zero_grad(set_to_none=True)
+class TrainingRun:
+    """One model training on the bench's batches with train.py's own step (optimization.train_step: label-smoothed
+    loss over the global target tokens, backward, gradient clipping at 1.0, fused AdamW), under DDP when the model
+    is wrapped in it."""
 
-
-def timed_step(run: dict, batch: dict, device: torch.device, precision: str) -> None:
-    """One training step, adding its seconds to the run's and, on CUDA, keeping the most memory a step added."""
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    start = time.perf_counter()
-    train_step(run, batch, device, precision)
-    synchronize(device)
-    run["seconds"] += time.perf_counter() - start
-    if device.type == "cuda":
-        run["transient"] = max(run["transient"], torch.cuda.max_memory_allocated(device) - before)
-
-
-def resident_bytes(run: dict) -> int:
-    """What a model holds between steps: weights and optimizer state (gradients are freed after each step)."""
-    state = [t for s in run["optimizer"].state.values() for t in s.values() if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in [*run["model"].parameters(), *state])
-
-
-def measure_training(models: dict[str, nn.Module], batches: list[dict], args, vocab: int, peak: float) -> list[dict]:
-    """Train every model on the same batches, the timed steps interleaved model by model so that a slow spell of
-    the machine (another process, a throttled clock) hits them all alike. One result row per model."""
-    runs = []
-    for name, model in models.items():
+    def __init__(self, name: str, model: nn.Module, args, world_size: int = 1, rank: int = 0):
         if args.compile:
-            compile_regions(model)
-        model.train()
-        # fused AdamW runs on CPU as well as CUDA since torch 2.4: one kernel per step instead of one per tensor.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.01,
-                                      fused=True)
-        scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
-        runs.append({"name": name, "model": model, "optimizer": optimizer, "scaler": scaler,
-                     "seconds": 0.0, "transient": 0})
-        warmup_started = time.perf_counter()
-        for batch in batches[:args.warmup]:  # compilation, the allocator's caches, the optimizer state
-            train_step(runs[-1], batch, args.device, args.precision)
-        synchronize(args.device)
-        runs[-1]["warmup_seconds"] = time.perf_counter() - warmup_started
-    if dist.is_initialized():
-        dist.barrier()  # DDP ranks start the clock together
-    for batch in batches[args.warmup:]:
-        for run in runs:
-            timed_step(run, batch, args.device, args.precision)
+            compile_regions(model.module if isinstance(model, DistributedDataParallel) else model)
+        self.name, self.model, self.args = name, model, args
+        self.raw_model = model.module if isinstance(model, DistributedDataParallel) else model
+        self.raw_model.train()
+        self.cfg = Config(d_model=args.d_model, grad_clip=1.0, label_smoothing=0.1, lr=1e-4)
+        self.info = DistInfo(rank=rank, local_rank=0, world_size=world_size, device=args.device)
+        self.optimizer = optimization.build_optimizer(self.raw_model, self.cfg)
+        self.scaler = torch.amp.GradScaler(args.device.type) if args.precision == "fp16" else None
+        self.autocast = make_autocast(args.precision, args.device)
 
-    timed = [batch_stats(b) for b in batches[args.warmup:]]
+    def step(self, batch: dict) -> None:
+        optimization.train_step(self.model, self.raw_model, self.optimizer, self.scaler, [batch], self.cfg, self.info,
+                                self.autocast)
+
+    def warm_up(self, batches: list[dict]) -> tuple[float, int]:
+        """(seconds, steps) of the untimed start: at least --warmup steps, and with compilation on, until
+        torch.compile's count of graphs has not changed for two steps (a new batch shape compiles once more)."""
+        started, steps, stable, graphs = time.perf_counter(), 0, 0, compilation_count()
+        while steps < self.args.warmup or (self.args.compile and stable < 2 and steps < MAX_WARMUP_STEPS):
+            self.step(batches[steps % len(batches)])
+            steps, previous, graphs = steps + 1, graphs, compilation_count()
+            stable = stable + 1 if graphs == previous else 0
+        synchronize(self.args.device)
+        return time.perf_counter() - started, steps
+
+    def timed_window(self, batches: list[dict]) -> tuple[float, float]:
+        """(seconds, peak device memory in MB) of the steps over `batches`, synchronised once, at the end: the
+        device queue runs as it does in training, where the host never waits for it between steps."""
+        device = self.args.device
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        for batch in batches:
+            self.step(batch)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 2 ** 10  # kB on Linux: the process's peak
+        return seconds, memory / 2 ** 20
+
+
+def measure_training(models: dict[str, nn.Module], batches: list[dict], args, vocab: int, peak: float,
+                     world_size: int = 1, rank: int = 0) -> list[dict]:
+    """Every model warmed up (compilation included, reported apart), then timed over the same --steps batches in
+    one window each. One result row per model."""
+    timed_batches = batches[args.warmup:]
+    timed = [batch_stats(b) for b in timed_batches]
     src, tgt = sum(s["src"] for s in timed), sum(s["tgt"] for s in timed)
     flops = perf.training_flops(sum((s["shape"] for s in timed[1:]), timed[0]["shape"]),
                                 args.d_model, args.d_ff, args.num_layers, vocab)
-    # No per-model figure on CPU: the process's peak resident memory so far (ru_maxrss is in kB on Linux).
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10
-    return [{"name": run["name"], "tokens": src + tgt, "seconds": run["seconds"],
-             "tokens_per_s": (src + tgt) / run["seconds"], "tgt_tokens_per_s": tgt / run["seconds"],
-             "padding_efficiency": (src + tgt) / sum(s["positions"] for s in timed),
-             "step_ms": 1000 * run["seconds"] / len(timed), "mfu": flops / run["seconds"] / peak if peak else None,
-             "peak_memory_mb": (resident_bytes(run) + run["transient"]) / 2 ** 20 if args.device.type == "cuda"
-             else rss_mb, "warmup_s": run["warmup_seconds"]}
-            for run in runs]
+    rows = []
+    for name, model in models.items():
+        run = TrainingRun(name, model, args, world_size, rank)
+        warmup_s, warmup_steps = run.warm_up(batches)
+        if dist.is_initialized():
+            dist.barrier()  # DDP ranks start the clock together
+        seconds, memory_mb = run.timed_window(timed_batches)
+        rows.append({"name": name, "tokens": src + tgt, "seconds": seconds, "tokens_per_s": (src + tgt) / seconds,
+                     "tgt_tokens_per_s": tgt / seconds, "padding_efficiency": (src + tgt) / sum(s["positions"]
+                                                                                               for s in timed),
+                     "step_ms": 1000 * seconds / len(timed), "mfu": flops / seconds / peak if peak else None,
+                     "peak_memory_mb": memory_mb, "warmup_s": warmup_s, "warmup_steps": warmup_steps})
+    return rows
 
 
 def compile_regions(model: nn.Module) -> None:
@@ -307,15 +315,17 @@ def decoding_speed(model: ours.Transformer, src: torch.Tensor, device: torch.dev
 
 # ----------------------------------------------------------------------------------------------- DDP
 
-def ddp_worker(rank: int, world_size: int, port: int, rank_batches: list[list[dict]], config, args, results):
+def ddp_worker(rank: int, world_size: int, store_file: str, rank_batches: list[list[dict]], config, args, results):
     """One process, one thread: trains on its own batches (in DDP when world_size > 1) and reports its row."""
     torch.set_num_threads(1)
-    if world_size > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    if world_size > 1:  # a file store: no port to pick, release and hope to get back
+        dist.init_process_group("gloo", store=dist.FileStore(store_file, world_size), rank=rank,
+                                world_size=world_size)
     try:
         model = build(ours.Transformer, config, args.device)
         model = DistributedDataParallel(model) if world_size > 1 else model
-        (row,) = measure_training({f"rank {rank}": model}, rank_batches[rank], args, config.tgt_vocab_size, 0.0)
+        (row,) = measure_training({f"rank {rank}": model}, rank_batches[rank], args, config.tgt_vocab_size, 0.0,
+                                  world_size, rank)
         results.put(row)
     finally:
         if dist.is_initialized():
@@ -324,12 +334,10 @@ def ddp_worker(rank: int, world_size: int, port: int, rank_batches: list[list[di
 
 def run_workers(world_size: int, rank_batches: list[list[dict]], config, args) -> float:
     """Real tokens/s of `world_size` spawned processes together: all their tokens over the slowest one's time."""
-    with socket.socket() as s:  # a free port for the process group's store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(ddp_worker, args=(world_size, port, rank_batches, config, args, results),
-                       nprocs=world_size, start_method="spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(ddp_worker, args=(world_size, os.path.join(folder, "store"), rank_batches, config, args,
+                                             results), nprocs=world_size, start_method="spawn")
     rows = [results.get() for _ in range(world_size)]
     return sum(r["tokens"] for r in rows) / max(r["seconds"] for r in rows)
 
@@ -367,13 +375,14 @@ def print_table(header: list[str], rows: list[dict], ratios: list[str], device: 
     memory = "peak mem" if device.type == "cuda" else "peak RSS"
     print("\n".join(header))
     print(f"{'measurement':<32}{'tokens/s':>10}{'tgt tok/s':>11}{'pad eff':>9}{'step ms':>9}{'MFU':>8}{memory:>11}"
-          f"{'warmup s':>10}")
+          f"{'warmup s':>10}{'steps':>6}")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"{r['name']:<32}{r['tokens_per_s']:>10,.0f}{r['tgt_tokens_per_s']:>11,.0f}"
               f"{100 * r['padding_efficiency']:>8.1f}%{r['step_ms']:>9.0f}{mfu:>8}{r['peak_memory_mb']:>8.0f} MB"
-              f"{r['warmup_s']:>10.1f}")
-    print("(warmup s: the untimed first steps, compilation included; step times exclude it)")
+              f"{r['warmup_s']:>10.1f}{r['warmup_steps']:>6}")
+    print("(warmup s: the untimed first steps, compilation included, until it stopped compiling; step times, over one "
+          "window synchronised once, exclude it)")
     if device.type != "cuda":
         print(f"({memory}: the process's maximum resident memory so far, so it can only grow down the table)")
     print("ratios: " + " ; ".join(ratios))
@@ -417,12 +426,13 @@ def main() -> None:
         log(started, "DDP weak scaling: 2 gloo ranks x 1 thread, then 1 process x 1 thread")
         ddp = ddp_weak_scaling(train_ds, config, args)
 
+    latency = launch_latency_us(args.device)
     threads = (f" ({torch.get_num_threads()} threads, load {load:.1f} at start, {os.getloadavg()[0]:.1f} at end)"
                if args.device.type == "cpu" else "")
     header = [f"device {args.device}{threads} | preset {args.preset}: d_model {args.d_model}, d_ff {args.d_ff}, "
               f"{args.num_heads} heads, {args.num_layers}+{args.num_layers} layers, vocab {src_vocab}/{tgt_vocab} | "
               f"precision {args.precision} | compile {'on, per layer' if args.compile else 'off'} | "
-              f"peak {peak / 1e12:.2f} TFLOP/s ({peak_source}) | launch latency {launch_latency_us(args.device):.1f} "
+              f"peak {peak / 1e12:.2f} TFLOP/s ({peak_source}) | launch latency {latency:.1f} "
               f"us per tiny kernel",
               f"{args.steps} timed steps after {args.warmup} warmup | token budget {args.max_tokens} "
               f"(~{len(sentences) / count:.0f} sentences/batch) | old way: {args.batch_size} sentences x "
@@ -433,7 +443,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "args": {k: str(v) for k, v in vars(args).items()}, "training": rows,
-                       "decoding_sentences_per_s": decoding, "ddp": ddp, "ratios": ratios}, f, indent=2)
+                       "decoding_sentences_per_s": decoding, "ddp": ddp, "ratios": ratios,
+                       "launch_latency_us": latency, "peak_tflops": peak / 1e12}, f, indent=2)
 
 
 if __name__ == "__main__":

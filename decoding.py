@@ -20,39 +20,50 @@ FINISHED_CHECK_EVERY = 8  # decoding steps between host reads of "has every sent
 # ----------------------------------------------------------------------------------------------- the cache
 
 class CrossAttentionCache:
-    """The encoder output's keys and values for one decoder layer: projected once, at the first token."""
+    """The encoder output's keys and values for one decoder layer: projected once, at the first token, from one
+    copy of the memory per sentence, then repeated for the `beams` rows that decode each sentence."""
 
-    def __init__(self):
+    def __init__(self, beams: int = 1):
+        self.beams = beams
         self.k = self.v = None
 
-    def keys_values(self, attention, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, attention, memory: torch.Tensor):
         if self.k is None:
-            self.k, self.v = attention.project_kv(memory)
-        return self.k, self.v
+            k, v = attention.project_kv(memory)
+            self.k, self.v = (t.repeat_interleave(self.beams, dim=0) if self.beams > 1 else t for t in (k, v))
+        return self.k, self.v, None
 
 
 class SelfAttentionCache:
     """One decoder layer's keys and values of the positions decoded so far, in buffers of `capacity` positions
-    allocated at the first token and filled one position per call."""
+    allocated at the first token and filled one position per call. Attention always reads the whole buffer, with a
+    mask of the positions filled: every step of a generation has the same key shape (a GPU attention kernel plans
+    once per shape, and CUDA graphs need fixed shapes)."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0
-        self.k = self.v = None
+        self.k = self.v = self.filled = None
+        self.spare = None  # beam search reorders into these, then swaps: nothing is allocated per step
 
-    def keys_values(self, attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, attention, x: torch.Tensor):
         k_new, v_new = attention.project_kv(x)
         if self.k is None:
             shape = (*k_new.shape[:2], self.capacity, k_new.shape[3])
             self.k, self.v = k_new.new_zeros(shape), v_new.new_zeros(shape)
+            self.filled = torch.zeros((1, 1, 1, self.capacity), dtype=torch.bool, device=x.device)
         start, end = self.length, self.length + k_new.shape[2]
         self.k[:, :, start:end], self.v[:, :, start:end] = k_new, v_new
+        self.filled[..., start:end] = True
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k, self.v, self.filled
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam search: row i continues the hypothesis of row `rows[i]`."""
-        self.k[:, :, :self.length] = self.k[rows, :, :self.length]
-        self.v[:, :, :self.length] = self.v[rows, :, :self.length]
+        if self.spare is None:
+            self.spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        torch.index_select(self.k, 0, rows, out=self.spare[0])
+        torch.index_select(self.v, 0, rows, out=self.spare[1])
+        (self.k, self.v), self.spare = self.spare, (self.k, self.v)
 
 
 @dataclass
@@ -62,8 +73,8 @@ class LayerCache:
     cross_attention: CrossAttentionCache
 
 
-def new_caches(model, capacity: int) -> list[LayerCache]:
-    return [LayerCache(SelfAttentionCache(capacity), CrossAttentionCache()) for _ in model.decoder_layers]
+def new_caches(model, capacity: int, beams: int = 1) -> list[LayerCache]:
+    return [LayerCache(SelfAttentionCache(capacity), CrossAttentionCache(beams)) for _ in model.decoder_layers]
 
 
 # ----------------------------------------------------------------------------------------------- budgets
@@ -83,17 +94,17 @@ class TokenBudget:
         return TokenBudget(self.token_ids, self.groups, self.counts.repeat_interleave(beam_size, dim=0))
 
     def restrict(self, scores: torch.Tensor, used: torch.Tensor, eos_id: int, room: torch.Tensor) -> torch.Tensor:
-        """`scores` (N, V) with what the budget forbids at -inf, given the `used` (N, G) counts so far and the
-        `room` (N,) left before each output's length limit: once the tokens still owed fill that room, only they
-        are allowed, so an output cut off at its limit still holds them."""
+        """`scores` (N, V), changed in place and returned, with what the budget forbids at -inf, given the `used`
+        (N, G) counts so far and the `room` (N,) left before each output's length limit: once the tokens still owed
+        fill that room, only they are allowed, so an output cut off at its limit still holds them. Nothing of the
+        vocabulary's size is allocated: this runs at every token."""
         remaining = self.counts - used
-        blocked = remaining[:, self.groups] <= 0
-        scores = scores.index_copy(1, self.token_ids, scores[:, self.token_ids].masked_fill(blocked, float("-inf")))
+        budgeted = scores[:, self.token_ids].masked_fill_(remaining[:, self.groups] <= 0, float("-inf"))
         owed = remaining.clamp(min=0).sum(dim=1)
-        scores[:, eos_id] = scores[:, eos_id].masked_fill(owed > 0, float("-inf"))
-        unbudgeted = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device).index_fill(0, self.token_ids,
-                                                                                                    False)
-        return scores.masked_fill(((owed > 0) & (owed >= room))[:, None] & unbudgeted, float("-inf"))
+        scores.masked_fill_(((owed > 0) & (owed >= room))[:, None], float("-inf"))  # only what is owed, then...
+        scores.index_copy_(1, self.token_ids, budgeted)  # ...the budgeted tokens as allowed
+        scores[:, eos_id].masked_fill_(owed > 0, float("-inf"))
+        return scores
 
     def spend(self, used: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
         hits = (next_token[:, None] == self.token_ids).long()
@@ -181,7 +192,7 @@ def greedy_decode(model, src: torch.Tensor, bos_id: int, eos_id: int, max_new_to
 class _Beams:
     """The state of a beam search over B sentences of K beams each, flattened to B*K rows. Beams are ranked by
     their summed log-probability; a beam that ended keeps its score and its slot, continuing with padding at no
-    cost (torch.where, not masked assignment, which would wait for the device to count the ended beams)."""
+    cost (masked in place: indexing by a mask would wait for the device to count the ended beams)."""
 
     def __init__(self, batch: int, k: int, max_new_tokens: int, bos_id: int, pad_id: int, vocab: int, device):
         self.batch, self.k, self.vocab = batch, k, vocab
@@ -193,13 +204,13 @@ class _Beams:
         self.ended_by_eos = torch.zeros(batch * k, dtype=torch.bool, device=device)
         self.lengths = torch.zeros(batch * k, device=device)
         self.offsets = torch.arange(batch, device=device)[:, None] * k
-        self.padding_only = torch.full((vocab,), float("-inf"), device=device)
-        self.padding_only[pad_id] = 0.0
+        self.pad_id = pad_id
 
     def advance(self, log_probs: torch.Tensor, step: int, eos_id: int, limits: torch.Tensor):
         """Keep the K best continuations of each sentence; (rows they continue, their new tokens)."""
-        log_probs = torch.where(self.finished[:, None], self.padding_only, log_probs)
-        candidates = (self.scores.view(-1, 1) + log_probs).view(self.batch, self.k * self.vocab)
+        log_probs.masked_fill_(self.finished[:, None], float("-inf"))  # in place: no new (rows, vocabulary) tensors
+        log_probs[:, self.pad_id].masked_fill_(self.finished, 0.0)
+        candidates = log_probs.add_(self.scores.view(-1, 1)).view(self.batch, self.k * self.vocab)
         self.scores, best = candidates.topk(self.k, dim=-1)
         rows = (self.offsets + best // self.vocab).view(-1)
         next_token = (best % self.vocab).view(-1)
@@ -234,15 +245,15 @@ def beam_search(model, src: torch.Tensor, bos_id: int, eos_id: int, max_new_toke
     size 1 is greedy decoding."""
     max_new_tokens = min(max_new_tokens, model.config.max_len)
     batch, k = src.shape[0], beam_size
-    src = src.repeat_interleave(k, dim=0)  # (B*K, S): every beam of a sentence sees its source
     src_mask = model.source_mask(src)
-    memory = model.encode(src, src_mask)
+    memory = model.encode(src, src_mask)  # once per sentence; the cross-attention caches repeat it for the beams
+    src_mask = src_mask.repeat_interleave(k, dim=0)  # (B*K, 1, 1, S): every beam of a sentence sees its source
     limits = _length_limits(batch * k, src.device, max_new_tokens,
                             None if max_lengths is None else max_lengths.repeat_interleave(k))
     beams = _Beams(batch, k, max_new_tokens, bos_id, model.config.pad_id, model.config.tgt_vocab_size, src.device)
     budget = None if budget is None else budget.for_beams(k)
     used = None if budget is None else torch.zeros_like(budget.counts)
-    caches = new_caches(model, max_new_tokens)
+    caches = new_caches(model, max_new_tokens, beams=k)
     steps = 0
     for step in range(max_new_tokens):
         logits = model.decode(beams.tokens[:, step:step + 1], memory, src_mask, caches, offset=step)

@@ -117,7 +117,9 @@ def destroy_distributed() -> None:
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """Whether there are other ranks to talk to: a process group of one (torchrun --nproc_per_node=1) has none, so
+    every collective below returns at once."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:

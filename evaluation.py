@@ -8,11 +8,11 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dataset import TranslationDataset, collate, shard_for_rank
 from decoding import PlaceholderBudget, decode_tokens
 from distributed import DistInfo, dist_sum, gather_to_main
+from model import cross_entropy_sum
 from tokenizer import PAD_ID, placeholders
 
 
@@ -46,8 +46,7 @@ def validation_loss(model, dataset: TranslationDataset, dist_info: DistInfo, bat
         src, tgt_in, tgt_out = (batch[k].to(dist_info.device) for k in ("src", "tgt_in", "tgt_out"))
         with autocast():
             logits = model(src, tgt_in)
-        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
-                                    reduction="sum").item()
+        loss_sum += cross_entropy_sum(logits.flatten(0, 1), tgt_out.flatten(), PAD_ID).item()
         tokens += int((tgt_out != PAD_ID).sum())
     loss_sum, tokens = dist_sum([loss_sum, tokens], dist_info.device)
     return loss_sum / max(tokens, 1), int(tokens)

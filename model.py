@@ -60,10 +60,15 @@ class Attention(nn.Module):
 
     def forward(self, x, memory=None, mask=None, is_causal=False, cache=None):
         """`mask` is boolean, True where a query may attend. `cache` (decoding only, see decoding.py) keeps this
-        layer's keys and values across calls: `cache.keys_values(self, source)` projects what is new."""
+        layer's keys and values across calls: `cache.keys_values(self, source)` projects what is new and returns
+        the keys, the values and a mask of the keys filled so far (None: all of them)."""
         q = self._heads(self.q_proj(x))
         source = memory if self.cross else x
-        k, v = self.project_kv(source) if cache is None else cache.keys_values(self, source)
+        if cache is None:
+            k, v = self.project_kv(source)
+        else:
+            k, v, filled = cache.keys_values(self, source)
+            mask = filled if mask is None else mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         b, h, length, dh = y.shape
@@ -201,3 +206,51 @@ class Transformer(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# Rows of logits upcast to fp32 at a time by `cross_entropy_sum`: the whole (tokens x vocabulary) matrix in fp32
+# would be the largest tensor of a step (2 GB at 16k tokens and a 32k vocabulary), written and read twice.
+LOSS_CHUNK_ELEMENTS = 1 << 24
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Label-smoothed cross-entropy summed over the target tokens, computed from logits in their own dtype, a
+    chunk of rows at a time in fp32. Only the logits and one fp32 number per row (the log-sum-exp) are kept for
+    backward, which recomputes each chunk's softmax."""
+
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index: int, smoothing: float, rows_per_chunk: int):
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], rows_per_chunk):
+            x, y = logits[start:start + rows_per_chunk].float(), target[start:start + rows_per_chunk]
+            chunk_lse = torch.logsumexp(x, dim=-1)
+            lse[start:start + rows_per_chunk] = chunk_lse
+            gold = x.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
+            loss = (1.0 - smoothing) * (chunk_lse - gold) + smoothing * (chunk_lse - x.mean(dim=-1))
+            total += loss.masked_fill(y == ignore_index, 0.0).sum()
+        ctx.save_for_backward(logits, target, lse)
+        ctx.settings = (ignore_index, smoothing, rows_per_chunk)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        logits, target, lse = ctx.saved_tensors
+        ignore_index, smoothing, rows_per_chunk = ctx.settings
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            y = target[rows]
+            p = torch.exp(logits[rows].float() - lse[rows, None]).sub_(smoothing / logits.shape[1])
+            p.scatter_add_(1, y.clamp(min=0)[:, None], torch.full_like(p[:, :1], smoothing - 1.0))
+            p.masked_fill_((y == ignore_index)[:, None], 0.0)
+            grad[rows] = p.mul_(grad_total)
+        return grad, None, None, None, None
+
+
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """F.cross_entropy(logits.float(), target, ignore_index, label_smoothing, reduction="sum") for (N, V) logits,
+    without an fp32 copy of the whole (N, V) matrix: an fp32 scalar."""
+    rows_per_chunk = max(1, LOSS_CHUNK_ELEMENTS // logits.shape[1])
+    return _ChunkedCrossEntropy.apply(logits, target, ignore_index, label_smoothing, rows_per_chunk)

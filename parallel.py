@@ -111,6 +111,14 @@ def clip_grad_norm(raw_model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     return norm.to_local() if is_sharded(raw_model) else norm
 
 
+def non_finite_gradients(raw_model: torch.nn.Module) -> torch.Tensor:
+    """1.0 (a one-element tensor on the gradients' device) when any local gradient holds an inf or a NaN."""
+    grads = [p.grad for p in raw_model.parameters() if p.grad is not None]
+    found = torch.zeros(1, device=grads[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=found.device))
+    return found.squeeze(0)
+
+
 def gather_full_state(raw_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       is_main: bool) -> tuple[dict, dict]:
     """Collective: the full model and optimizer state dicts on rank 0, as CPU tensors (empty dicts elsewhere). The

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -35,12 +34,13 @@ import runtime
 import tokenizer
 from config import Config, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict, validate
 from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sample
-from distributed import (DistInfo, LateAgreement, all_reduce_sum_, any_rank, barrier, broadcast_from_main,
+from distributed import (DistInfo, LateAgreement, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
                          init_distributed, main_first, on_main_only, raise_if_any_failed, run_on_main)
 from errors import UserError
 from evaluation import evaluate
 from model import Transformer, count_parameters
+from optimization import StepResult, build_optimizer, lr_multiplier, train_step
 from monitor import RunMonitor, new_run_id, setup_logging
 from storage import remove_stale_temporaries
 from tokenizer import PAD_ID
@@ -50,42 +50,6 @@ log = logging.getLogger("translation")
 # Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
 ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
                          "share_vocab")
-
-
-# wsd's decay: the last fifth of the run (Hagele et al. 2024, "Scaling laws and compute-optimal training beyond
-# fixed training durations": a 20 % linear cooldown matches cosine at any length).
-WSD_COOLDOWN = 0.2
-
-
-def lr_multiplier(cfg: Config, total_steps: int | float, budget_used=lambda: 0.0):
-    """Linear warmup to --lr, then inverse square root, cosine, or warmup-stable-decay (wsd: --lr held until the
-    last WSD_COOLDOWN of the run, then a linear decay to zero); a function of optimizer steps done. Cosine and wsd
-    follow whichever is further along: the steps (of --max_steps / --num_epochs) or the fraction of --max_time
-    spent (`budget_used()`), so a run ended by time still ends at a small learning rate."""
-    warmup = max(cfg.warmup_steps, 1)
-
-    def multiplier(steps_done: int) -> float:
-        step = steps_done + 1
-        if step <= cfg.warmup_steps:
-            return step / warmup
-        if cfg.lr_schedule == "inverse_sqrt":
-            return math.sqrt(warmup / step)
-        by_steps = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
-        progress = min(max(by_steps, budget_used()), 1.0)
-        if cfg.lr_schedule == "wsd":
-            return min(1.0, (1.0 - progress) / WSD_COOLDOWN)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return multiplier
-
-
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """Fused AdamW (CUDA and CPU): one kernel for all parameters, and it can skip a step on the device."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -161,55 +125,6 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-@dataclass
-class StepResult:
-    """Device tensors: the host reads them only at log intervals, since reading one waits for the GPU's queue."""
-    loss_sum: torch.Tensor  # label-smoothed loss summed over this rank's target tokens
-    tokens: torch.Tensor  # non-padding target tokens of the step, all ranks
-    grad_norm: torch.Tensor
-    skipped: torch.Tensor  # 1.0 when a loss or gradient was not finite: no update, on every rank alike
-
-
-def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], cfg: Config, info: DistInfo,
-               autocast, force_overflow: bool = False) -> StepResult:
-    """One optimizer step over this rank's micro-batches. Collective: every rank calls it with its own batches.
-    No host-device sync: the optimizer skips a non-finite step on the device (fused AdamW's found_inf).
-    `force_overflow` (tests, gpu_check.sh) makes the loss infinite, as an fp16 overflow does."""
-    batches = [{k: b[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out")}
-               for b in micro_batches]
-    # Normalise by the global count of target tokens, so every token weighs the same whatever the split. Counted on
-    # the device: a tensor made from a host number would be copied synchronously, waiting for the GPU's queue.
-    global_tokens = all_reduce_sum_(sum((b["tgt_out"] != PAD_ID).sum() for b in batches).float())
-    loss_sum = torch.zeros((), device=info.device)
-    for i, batch in enumerate(batches):
-        src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
-        sync = i == len(batches) - 1  # reduce gradients over ranks on the last micro-step only
-        with parallel.gradient_sync(model, raw_model, sync):
-            with autocast():
-                logits = model(src, tgt_in)
-            micro_loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
-                                         label_smoothing=cfg.label_smoothing, reduction="sum")
-            # DDP and FSDP average gradients over ranks; scaling by the world size turns that into a global sum.
-            scaled = micro_loss * info.world_size / global_tokens
-            if force_overflow:
-                scaled = scaled * math.inf
-            (scaler.scale(scaled) if scaler else scaled).backward()
-        loss_sum += micro_loss.detach()
-    if scaler:
-        scaler.unscale_(optimizer)
-    grad_norm = parallel.clip_grad_norm(raw_model, cfg.grad_clip or math.inf)
-    # The gradients were reduced over ranks: a NaN on one rank is a NaN on all, so every rank takes the same decision.
-    skipped = (~torch.isfinite(grad_norm)).float()
-    if scaler:
-        scaler.step(optimizer)  # skips by itself when the unscaled gradients are not finite
-        scaler.update()
-    else:
-        optimizer.found_inf = skipped
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, global_tokens, grad_norm.detach(), skipped)
 
 
 @dataclass
@@ -716,8 +631,9 @@ class Run:
 
 def metrics_line(step: int, metrics: dict, peak: float) -> str:
     mfu = f"{metrics['train/mfu']:.1%}" if peak else "n/a (--peak_tflops)"
-    line = (f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm "
-            f"{metrics['train/grad_norm']:.2f} | {metrics['train/tokens_per_s']:.0f} tok/s "
+    norm = "n/a" if math.isnan(metrics["train/grad_norm"]) else f"{metrics['train/grad_norm']:.2f}"
+    line = (f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm {norm} | "
+            f"{metrics['train/tokens_per_s']:.0f} tok/s "
             f"({metrics['train/tokens_per_s_per_device']:.0f} per device) | padding eff "
             f"{metrics['train/padding_efficiency']:.0%} | {metrics['train/step_ms']:.0f} ms/step | MFU {mfu} | "
             f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
@@ -735,7 +651,8 @@ def window_metrics(window: Window, last: StepResult, scheduler, peak: float, inf
                                               window.flops], info.device)
     tokens = window.tokens.item()
     return {"train/loss": loss_sum / max(tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-            "train/grad_norm": last.grad_norm.item(), "train/tokens_per_s": real / elapsed,
+            "train/grad_norm": math.nan if last.grad_norm is None else last.grad_norm.item(),
+            "train/tokens_per_s": real / elapsed,
             "train/tokens_per_s_per_device": real / elapsed / info.world_size,
             "train/padding_efficiency": real / max(padded, 1),
             "train/step_ms": 1000 * elapsed / max(window.steps, 1),
