@@ -49,7 +49,8 @@ from config import Config
 from distributed import DistInfo
 from errors import UserError
 from monitor import setup_logging
-from runtime import compilation_count, compile_by_default, compile_layers, make_autocast, resolve_precision
+from runtime import (compilation_count, compile_by_default, compile_layers, configure_cuda, make_autocast,
+                     resolve_precision)
 
 PRESETS = {
     "tiny": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=3),  # train.py's defaults
@@ -140,10 +141,11 @@ def fixed_size_batches(ds, sentences: list[int], batch_size: int, seq_len: int, 
     chosen = [sentences[i] for i in order[:count * batch_size]]
     batches = [data.collate([ds[i] for i in chosen[k:k + batch_size]], TOKENIZE_LEN)
                for k in range(0, len(chosen), batch_size)]
-    longest = max(v.shape[1] for b in batches for v in b.values())
+    longest = max(b[k].shape[1] for b in batches for k in ("src", "tgt_in"))
     if longest > seq_len:
         raise SystemExit(f"--seq_len {seq_len}: shorter than the longest sentence of these batches ({longest} tokens)")
-    return [{k: F.pad(v, (0, seq_len - v.shape[1]), value=tokenizer.PAD_ID) for k, v in b.items()} for b in batches]
+    return [{**{k: F.pad(b[k], (0, seq_len - b[k].shape[1]), value=tokenizer.PAD_ID)
+                for k in ("src", "tgt_in", "tgt_out")}, "src_padded": True} for b in batches]
 
 
 def batch_stats(batch: dict) -> dict:
@@ -176,10 +178,10 @@ class TorchTransformer(nn.Module):
         x = embedding(tokens) * self.config.d_model ** 0.5 + self.positions[:tokens.shape[1]]
         return self.embed_dropout(x)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, src_padded: bool = True) -> torch.Tensor:
         # Boolean masks, True where attention is not allowed (a padding key, a future position): the float mask of
         # generate_square_subsequent_mask beside boolean padding masks is deprecated.
-        src_pad, tgt_pad = src == self.config.pad_id, tgt_in == self.config.pad_id
+        src_pad, tgt_pad = (src == self.config.pad_id) if src_padded else None, tgt_in == self.config.pad_id
         causal = torch.ones(tgt_in.shape[1], tgt_in.shape[1], dtype=torch.bool, device=tgt_in.device).triu(1)
         y = self.transformer(self._embed(self.src_embed, src), self._embed(self.tgt_embed, tgt_in),
                              tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=src_pad,
@@ -397,6 +399,7 @@ def main() -> None:
     setup_logging(rank=0, stream=sys.stderr)  # stdout carries the table
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_cuda(args.device)  # as train.py: TF32, attention kernels pinned
     started, load = time.perf_counter(), os.getloadavg()[0]  # other busy processes skew every figure on a CPU
     train_ds, valid_ds, src_vocab, tgt_vocab = load_data()
     config = ours.ModelConfig(src_vocab, tgt_vocab, d_model=args.d_model, num_heads=args.num_heads,
@@ -409,7 +412,8 @@ def main() -> None:
     budget = [data.collate([train_ds[i] for i in b], TOKENIZE_LEN) for b in budget_ids]
     sentences = [i for b in budget_ids for i in b]
     fixed = fixed_size_batches(train_ds, sentences, args.batch_size, args.seq_len, count)
-    on_device = lambda batches: [{k: v.to(args.device) for k, v in b.items()} for b in batches]  # noqa: E731
+    on_device = lambda batches: [{k: v.to(args.device) if torch.is_tensor(v) else v for k, v in b.items()}  # noqa: E731
+                                 for b in batches]
 
     log(started, f"training ours and nn.Transformer on {args.warmup}+{args.steps} token-budget batches")
     rows = measure_training({"ours, token-budget batches": build(ours.Transformer, config, args.device),

@@ -86,8 +86,9 @@ def batch_count(count: int) -> int:
     return count // octave * octave
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], max_len: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sentence of this batch (not to a fixed length), rounded up by `padded_length`."""
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], max_len: int) -> dict:
+    """Pad to the longest sentence of this batch (not to a fixed length), rounded up by `padded_length`.
+    "src_padded" says, from the lengths alone, whether any source holds padding: the model then needs a mask."""
     src_len = padded_length(max(len(s) for s, _ in batch), max_len)
     tgt_len = padded_length(max(len(t) for _, t in batch) - 1, max_len)
     src = torch.full((len(batch), src_len), PAD_ID, dtype=torch.long)
@@ -97,7 +98,7 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], max_len: int) -> dic
         src[row, :len(s)] = s
         tgt_in[row, :len(t) - 1] = t[:-1]
         tgt_out[row, :len(t) - 1] = t[1:]
-    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out, "src_padded": any(len(s) < src_len for s, _ in batch)}
 
 
 # ----------------------------------------------------------------------------------------------- sampling

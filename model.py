@@ -197,10 +197,12 @@ class Transformer(nn.Module):
             x = layer(x, memory, src_mask, cache=None if caches is None else caches[i])
         return self.output(self.decoder_norm(x))
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, src_padded: bool = True) -> torch.Tensor:
         """Logits (B, T, V) for teacher-forced decoder inputs. Right-padded targets need no mask of their own:
-        the causal mask already keeps every real position away from the padding that follows it."""
-        src_mask = self.source_mask(src)
+        the causal mask already keeps every real position away from the padding that follows it. A source batch
+        known to hold no padding (`src_padded` False, decided by the caller on the host) needs no mask either, and
+        its attention can run in a fused kernel that takes none (FlashAttention)."""
+        src_mask = self.source_mask(src) if src_padded else None
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
 
 

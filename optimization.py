@@ -68,6 +68,9 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
     `force_overflow` (tests, gpu_check.sh) makes the loss infinite, as an fp16 overflow does."""
     batches = [{k: b[k].to(info.device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out")}
                for b in micro_batches]
+    # Whether a source batch holds padding decides whether its attention needs a mask: collate knows it from the
+    # lengths (asking the device would wait for its queue); a batch made elsewhere is taken as padded.
+    src_padded = [b.get("src_padded", True) for b in micro_batches]
     # Normalise by the global count of target tokens, so every token weighs the same whatever the split. Counted on
     # the device: a tensor made from a host number would be copied synchronously, waiting for the GPU's queue.
     global_tokens = all_reduce_sum_(sum((b["tgt_out"] != PAD_ID).sum() for b in batches).float())
@@ -76,7 +79,7 @@ def train_step(model, raw_model, optimizer, scaler, micro_batches: list[dict], c
         sync = i == len(batches) - 1  # reduce gradients over ranks on the last micro-step only
         with parallel.gradient_sync(model, raw_model, sync):
             with autocast():
-                logits = model(batch["src"], batch["tgt_in"])
+                logits = model(batch["src"], batch["tgt_in"], src_padded=src_padded[i])
             # Summed in fp32 from logits in the compute dtype: no fp32 copy of the (tokens x vocabulary) logits.
             micro_loss = cross_entropy_sum(logits.flatten(0, 1), batch["tgt_out"].flatten(), PAD_ID,
                                            cfg.label_smoothing)

@@ -10,6 +10,7 @@ resumes under DDP or on another number of ranks, and translate.py loads it on on
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -65,15 +66,24 @@ def build_sharded(model_cfg: ModelConfig, cfg: Config, precision: str, device: t
 def shard(raw_model: Transformer, cfg: Config, precision: str, device: torch.device) -> None:
     """In place, before the optimizer is built: each layer is a unit of all-gather and reduce-scatter, the root
     holds the embeddings, the final norms and the output layer. Parameters are gathered in bf16 under --precision
-    bf16; gradients are reduced in fp32."""
+    bf16; gradients are reduced in fp32. Within one node, each layer's gathered parameters are kept from its
+    forward to its backward (`reshard_after_forward`: one all-gather a layer per step instead of two, for the
+    memory of a layer's full parameters); across nodes, where the gathers are slow and memory is what FSDP is
+    chosen for, they are freed after the forward."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
                                  reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+    reshard = reshard_after_forward(dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "0")))
     for layer in [*raw_model.encoder_layers, *raw_model.decoder_layers]:
-        fully_shard(layer, mp_policy=mixed, offload_policy=offload)
-    fully_shard(raw_model, mp_policy=mixed, offload_policy=offload)
+        fully_shard(layer, mp_policy=mixed, offload_policy=offload, reshard_after_forward=reshard)
+    fully_shard(raw_model, mp_policy=mixed, offload_policy=offload, reshard_after_forward=reshard)
+
+
+def reshard_after_forward(world_size: int, local_world_size: int) -> bool:
+    """True when the ranks span several nodes (LOCAL_WORLD_SIZE, set by torchrun, is the ranks of this node)."""
+    return local_world_size < world_size
 
 
 def wrap(raw_model: torch.nn.Module, cfg: Config, world_size: int, device: torch.device,

@@ -45,10 +45,16 @@ def make_autocast(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def enable_tf32(device: torch.device) -> None:
-    if device.type == "cuda":  # TF32 tensor cores for what still runs in fp32 (Ampere and newer)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+def configure_cuda(device: torch.device) -> None:
+    """TF32 tensor cores for what still runs in fp32 (Ampere and newer), and the attention kernels pinned to
+    FlashAttention, memory-efficient attention and the math fallback: cuDNN attention, which CUDA 13 builds try
+    first on Hopper, builds an execution plan for every new shape (seconds each, and cached decoding used to make a
+    new shape every token); it stays off until a measurement shows it pays (docs/speed.md)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 # The CUDA 12.6 builds still carry kernels for Maxwell to Hopper; the default (PyPI) build starts at Turing.

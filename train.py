@@ -160,7 +160,7 @@ def train(cfg: Config, info: DistInfo) -> None:
     precision = runtime.resolve_precision(cfg.precision, info.device)
     if precision == "fp16" and cfg.strategy == "fsdp":  # --precision auto on a GPU without bf16
         precision = "fp32"
-    runtime.enable_tf32(info.device)
+    runtime.configure_cuda(info.device)
     log.info(f"world size {info.world_size}, device {info.device.type}, precision {precision}")
     cfg, run_data = load_data(cfg, info)
     parts = build_model(cfg, info, run_data, precision, started)

@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
             else torch.device(args.device)
         runtime.check_gpu_supported(device)
+        runtime.configure_cuda(device)
         translator = Translator(args.model_folder, args.checkpoint, device)
         log.info(f"{translator.path} (step {translator.step}), beam {args.beam_size}, device {device}, precision "
                  f"{translator.precision}")

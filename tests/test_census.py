@@ -12,8 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import decoding
 import model as network
 import optimization
+import parallel
 import runtime
 from config import parse_config
+from dataset import collate
 from distributed import DistInfo, LateAgreement, any_rank, destroy_distributed, dist_sum
 from model import ModelConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -180,3 +182,51 @@ def test_beam_search_encodes_each_sentence_once_and_its_token_budget_allocates_n
     vocabulary_sized = [(op, n) for op, _, n in census.outputs if n >= VOCAB and op not in ("masked_fill_",
                                                                                              "index_copy_")]
     assert not vocabulary_sized, vocabulary_sized  # in-place ops return their own input
+
+
+def test_a_source_batch_without_padding_attends_without_a_mask_and_trains_alike(monkeypatch):
+    masks = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(network.F, "scaled_dot_product_attention",
+                        lambda q, k, v, attn_mask=None, **kw: (masks.append(attn_mask is None), original(
+                            q, k, v, attn_mask=attn_mask, **kw))[1])
+    unpadded = batch()
+    unpadded["src"] = torch.randint(4, VOCAB, unpadded["src"].shape)
+    losses = []
+    for src_padded in (False, True):  # the same numbers with a mask that masks nothing
+        masks.clear()
+        model = tiny_model(dropout=0.0)
+        logits = model(unpadded["src"], unpadded["tgt_in"], src_padded=src_padded)
+        losses.append(network.cross_entropy_sum(logits.flatten(0, 1), unpadded["tgt_out"].flatten(), PAD_ID))
+        # encoder self-attention, decoder self-attention (causal), cross-attention
+        assert masks == [not src_padded, True, not src_padded], masks
+    torch.testing.assert_close(losses[0], losses[1])
+    cfg = parse_config(["--d_model", str(D_MODEL)])
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    model = tiny_model()
+    optimizer = optimization.build_optimizer(model, cfg)
+    sentences = [(torch.randint(4, VOCAB, (length,)), torch.randint(4, VOCAB, (9,))) for length in (6, 6, 5)]
+    for rows, expected in ((sentences[:2], [True, True, True]), (sentences, [False, True, False])):
+        masks.clear()
+        optimization.train_step(model, model, optimizer, None, [collate(rows, 64)], cfg, info,
+                                runtime.make_autocast("fp32", info.device))
+        assert masks == expected  # collate knows from the lengths whether a source holds padding
+
+
+def test_cuda_setup_pins_attention_away_from_cudnn(monkeypatch):
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    try:
+        runtime.configure_cuda(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled() == enabled  # nothing changes for a CPU run
+        runtime.configure_cuda(torch.device("cuda", 0))
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+
+
+def test_fsdp_keeps_gathered_layers_until_backward_within_a_node_only():
+    assert not parallel.reshard_after_forward(world_size=8, local_world_size=8)
+    assert parallel.reshard_after_forward(world_size=16, local_world_size=8)
+    assert parallel.reshard_after_forward(world_size=2, local_world_size=0)  # not launched by torchrun: as before
