@@ -61,7 +61,8 @@ class Config:
 
     # optimisation
     batch_size: int | None = _setting(None, "sentence pairs per batch on each rank (per micro-step; default: 16 on "
-                                            "CPU, where small batches buy more updates, 64 on GPU); see --max_tokens")
+                                            "CPU, where small batches buy more updates, 64 on GPU, where batches "
+                                            "go by --max_tokens unless this is given); see --max_tokens")
     max_tokens: int | None = _setting(None, "instead of --batch_size: batches of about this many padded tokens per "
                                             "rank and micro-step, of similar lengths (fairseq's --max-tokens)")
     grad_accum_steps: int = _setting(1, "micro-steps per optimizer step; gradients are all-reduced on the last only")
@@ -316,6 +317,28 @@ def resolve_defaults(cfg: Config, train_pairs: int | None, device_type: str) -> 
     note = (f"{', '.join(shown)} (for {size}, a {'long' if long_run else 'short'} run, on {device_type})"
             if shown else "")
     return resolved, note
+
+
+# A GPU needs thousands of tokens per step to be busy: 16k per GPU for Transformer-base (d_model 512, 6 layers), more
+# for smaller networks (as many more as each token costs less), but never so many that an epoch of the corpus has
+# fewer than MIN_STEPS_PER_EPOCH optimizer steps: a small corpus (the quick start's) keeps the updates it learns from.
+GPU_TOKENS_FOR_BASE = 16384
+GPU_MAX_TOKENS = 65536
+MIN_STEPS_PER_EPOCH = 300
+
+
+def gpu_token_budget(cfg: Config, given: Config, train_tokens: int, world_size: int) -> tuple[Config, str]:
+    """For a CUDA run whose user (`given`: the settings as given) set neither --batch_size nor --max_tokens: `cfg`
+    with a --max_tokens by model size and corpus size (`train_tokens`: the padded tokens of an epoch, the longer
+    side of each pair), and a line saying so. Deterministic, so every rank chooses the same."""
+    if given.batch_size is not None or given.max_tokens is not None or cfg.streaming:
+        return cfg, ""
+    by_model = GPU_TOKENS_FOR_BASE * (512 * 6) // (cfg.d_model * cfg.num_layers)
+    by_corpus = train_tokens // (world_size * MIN_STEPS_PER_EPOCH)
+    tokens = max(cfg.seq_len, min(by_model, by_corpus, GPU_MAX_TOKENS) // 128 * 128)
+    note = (f"--max_tokens {tokens} (GPU: {by_model} for this model size, at most {by_corpus} for "
+            f"{MIN_STEPS_PER_EPOCH} steps per epoch of {train_tokens:,} tokens on {world_size} ranks)")
+    return dataclasses.replace(cfg, max_tokens=tokens), note
 
 
 def to_dict(cfg: Config) -> dict:

@@ -32,7 +32,8 @@ import parallel
 import perf
 import runtime
 import tokenizer
-from config import Config, max_time_seconds, model_config, parse_config, resolve_defaults, to_dict, validate
+from config import (Config, gpu_token_budget, max_time_seconds, model_config, parse_config, resolve_defaults,
+                    to_dict, validate)
 from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sample
 from distributed import (DistInfo, LateAgreement, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
@@ -189,6 +190,7 @@ def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
     """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
     rank's batches. Nothing is written here (see `claim_folder`)."""
     pairs = main_first(lambda: load_corpus(cfg))  # rank 0 first: hub downloads land in the cache once
+    given = cfg
     cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(pairs["train"]), info.device.type)
     log.info(f"config: {json.dumps(to_dict(cfg))}")
     if chosen:
@@ -208,6 +210,11 @@ def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
     else:
         train_set = data.tokenize_pairs(pairs["train"], src_tok, tgt_tok, cfg.seq_len)
         splits.insert(0, ("train", train_set))
+        if info.device.type == "cuda":  # batches by token budget unless the user sized them
+            lengths = torch.maximum(train_set.dataset.src_lengths, train_set.dataset.tgt_lengths)
+            cfg, chosen = gpu_token_budget(cfg, given, int(lengths.sum()), info.world_size)
+            if chosen:
+                log.info(f"defaults chosen: {chosen}")
         batches, num_workers = training_batches(cfg, info, train_set)
         steps_per_epoch = math.ceil(len(batches.sampler) / cfg.grad_accum_steps)
     for name, split in splits:

@@ -230,3 +230,20 @@ def test_fsdp_keeps_gathered_layers_until_backward_within_a_node_only():
     assert not parallel.reshard_after_forward(world_size=8, local_world_size=8)
     assert parallel.reshard_after_forward(world_size=16, local_world_size=8)
     assert parallel.reshard_after_forward(world_size=2, local_world_size=0)  # not launched by torchrun: as before
+
+
+def test_a_gpu_run_batches_by_a_token_budget_sized_by_model_and_corpus_unless_the_user_sized_batches():
+    from config import gpu_token_budget, resolve_defaults
+
+    def budget(flags, train_tokens, world_size=1):
+        given = parse_config(flags)
+        cfg, _ = resolve_defaults(given, 1_000_000, "cuda")
+        return gpu_token_budget(cfg, given, train_tokens, world_size)[0].max_tokens
+
+    base = ["--d_model", "512", "--num_layers", "6", "--num_heads", "8", "--d_ff", "2048"]
+    assert budget(base, 10**9) == 16384  # Transformer-base on a WMT-sized corpus: ~16k tokens per GPU
+    assert budget(["--num_layers", "3"], 10**9) == 65536  # a quarter of the cost per token: more, up to a cap
+    # The quick start's corpus (~280k tokens an epoch) keeps about the batches it was measured with (64 sentences).
+    assert 700 <= budget(["--num_layers", "3"], 280_000) <= 1000
+    assert budget(["--num_layers", "3"], 280_000, world_size=8) == 128  # never below --seq_len
+    assert budget(["--batch_size", "32"], 10**9) is None and budget(["--max_tokens", "2048"], 10**9) == 2048
