@@ -6,6 +6,7 @@ never drift apart. `validate` checks the values once, up front, on every rank.
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import types
@@ -145,31 +146,80 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+# --help's sections: each field belongs to the section of the nearest field above it named here.
+SECTIONS = {"dataset": "data", "d_model": "model", "batch_size": "training", "strategy": "distributed",
+            "seed": "training", "eval_every": "evaluation", "model_folder": "checkpoints",
+            "dist_timeout": "distributed", "wandb_mode": "logging"}
+
+
+def _flag_options(f: dataclasses.Field, annotation) -> dict:
+    kind = _scalar_type(annotation)
+    options = dict(default=f.default, help=f.metadata["help"], dest=f.name)
+    if "choices" in f.metadata:
+        options["choices"] = f.metadata["choices"]
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif annotation == (int | None):
+        options["type"] = _optional_int
+    elif annotation == (float | None):
+        options["type"] = _optional_float
+    else:
+        options["type"] = kind
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every Config field as a flag, in both spellings (--model_folder and --model-folder), in --help's sections;
+    --config FILE sets any of them from a JSON or YAML file, and flags on the command line win."""
     parser = argparse.ArgumentParser(description="Train an encoder-decoder Transformer for translation "
                                                  "(run with python or torchrun).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hints = typing.get_type_hints(Config)
+    parser.add_argument("--config", help="a JSON or YAML file of settings (keys as the flags, without dashes); "
+                                         "flags on the command line win")
+    hints, groups, group = typing.get_type_hints(Config), {}, None
     for f in dataclasses.fields(Config):
-        kind = _scalar_type(hints[f.name])
-        kwargs = dict(default=f.default, help=f.metadata["help"])
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif hints[f.name] == (int | None):
-            kwargs["type"] = _optional_int
-        elif hints[f.name] == (float | None):
-            kwargs["type"] = _optional_float
-        else:
-            kwargs["type"] = kind
-        parser.add_argument(f"--{f.name}", **kwargs)
+        if f.name in SECTIONS:
+            title = SECTIONS[f.name]
+            group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        spellings = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        group.add_argument(*spellings, **_flag_options(f, hints[f.name]))
     return parser
 
 
+def _settings_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The settings of a --config file; parser.error (exit 2, one line) for a file that is missing, unreadable
+    or names a setting that does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith((".yaml", ".yml")):
+            import yaml  # installed with datasets
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except (OSError, ValueError) as e:
+        parser.error(f"--config {path}: cannot read it ({e.__class__.__name__}: {str(e).splitlines()[0]})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(Config)}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        parser.error(f"--config {path}: no such setting: {', '.join(unknown)} (see --help)")
+    return values
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Flags to a Config; argparse itself reports unknown flags and malformed values (exit 2)."""
-    return Config(**vars(build_parser().parse_args(argv)))
+    """Flags (and a --config file) to a Config; argparse itself reports unknown flags and malformed values (exit
+    2)."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_settings_file(known.config, parser))
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    return Config(**values)
 
 
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

@@ -36,6 +36,13 @@ def write_text(final: str, text: str) -> None:
     write_new_file(final, lambda f: f.write(text.encode("utf-8")))
 
 
+def replace_text(final: str, text: str) -> None:
+    """`write_text` over a file that may exist (one no other process holds open, such as config.json)."""
+    if os.path.exists(final):
+        os.remove(final)
+    write_text(final, text)
+
+
 def fsync_folder(folder: str) -> None:
     """Make the renames in `folder` durable, where the file system allows opening a folder."""
     try:

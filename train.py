@@ -43,7 +43,7 @@ from evaluation import evaluate
 from model import Transformer, count_parameters
 from optimization import StepResult, build_optimizer, lr_multiplier, train_step
 from monitor import RunMonitor, new_run_id, setup_logging
-from storage import remove_stale_temporaries
+from storage import remove_stale_temporaries, replace_text
 from tokenizer import PAD_ID
 
 log = logging.getLogger("translation")
@@ -242,6 +242,8 @@ def training_batches(cfg: Config, info: DistInfo, train_set: data.Tokenized) -> 
     sampler = data.DistributedBatchSampler(len(train_set.dataset), cfg.batch_size, info.rank, info.world_size,
                                            cfg.seed, lengths=lengths, max_tokens=cfg.max_tokens, max_len=cfg.seq_len)
     num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if on_gpu else 0)
+    if num_workers:  # the tokenizers ran in this process: said before the workers fork, or tokenizers warns
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Its own generator: iter(DataLoader) would otherwise draw from the global RNG at every epoch start, and a
     # mid-epoch resume would then see another dropout stream than an uninterrupted run.
     loader = DataLoader(train_set.dataset, batch_sampler=sampler,
@@ -257,6 +259,8 @@ def claim_folder(cfg: Config, run_data: RunData) -> None:
     os.makedirs(cfg.model_folder, exist_ok=True)
     tokenizer.save_tokenizers(cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), run_data.tokenizer_json)
     remove_stale_temporaries(cfg.model_folder)
+    # The settings this run resolved, every default included: what the run did, readable without torch.
+    replace_text(os.path.join(cfg.model_folder, "config.json"), json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 @dataclass
