@@ -19,12 +19,14 @@ import torch
 
 import faults
 from errors import UserError, described, first_line
-from storage import fsync_folder, write_new_file
+from storage import fsync_folder, replace_text, write_new_file
 
 log = logging.getLogger("translation")
 
 CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "epoch_sample", "config", "rng")
+WEIGHTS_KEYS = ("model", "step", "config", "tokenizers")  # a file of weights only (averaged): enough to translate
+POINTERS = ("latest", "best")  # files naming the newest checkpoint and the best by validation BLEU, as DeepSpeed's
 RETRY_DELAYS_S = (1.0, 4.0, 16.0)  # transient network-drive errors usually pass within seconds
 
 
@@ -116,6 +118,7 @@ def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_st
         try:
             path = _commit(folder, step, state)
             _prune(folder, keep_last, best_step)
+            _point(folder, step, best_step)
             return path
         except OSError as e:
             error = e
@@ -127,14 +130,29 @@ def save_checkpoint(folder: str, step: int, state: dict, keep_last: int, best_st
     return None
 
 
-def load_checkpoint(path: str) -> dict:
-    """Raises UserError for a file that holds code; other failures (truncated, corrupt) propagate."""
+def _point(folder: str, step: int, best_step: int | None) -> None:
+    """The `latest` and `best` files: the name of the newest checkpoint, and of the best one by validation BLEU
+    (the newest until a validation has run), for people and tools; resume and translate.py read the checkpoints."""
+    best = checkpoint_path(folder, best_step) if best_step is not None else None
+    for pointer, path in zip(POINTERS, (checkpoint_path(folder, step), best if best and os.path.exists(best) else
+                                        checkpoint_path(folder, step))):
+        replace_text(os.path.join(folder, pointer), os.path.basename(path) + "\n")
+
+
+def load_checkpoint(path: str, weights_will_do: bool = False) -> dict:
+    """A checkpoint (or, where `weights_will_do`, a file of weights only, as averaging writes). Raises UserError
+    for a file that holds code, or that holds weights only where a checkpoint to resume is needed; other failures
+    (truncated, corrupt) propagate."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"refusing to load {path}: it holds objects beyond tensors and plain data, which could run "
                         f"code ({first_line(e)})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if isinstance(state, dict) and "averaged_from" in state and not weights_will_do:
+        raise UserError(f"{path} holds averaged weights only, no optimizer state to resume from: resume from a "
+                        f"ckpt_*.pt file")
+    required = WEIGHTS_KEYS if weights_will_do else REQUIRED_KEYS
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"not a checkpoint of this trainer (missing {', '.join(missing)})")
     return state
@@ -196,8 +214,9 @@ def _load_named(folder: str, preload: str) -> dict:
 
 
 def average_checkpoints(paths: list[str]) -> dict:
-    """The last checkpoint of `paths` with its model parameters replaced by their mean over all of them (summed in
-    float64, one file in memory at a time); `averaged_from` lists the steps."""
+    """The mean of the model parameters of the checkpoints at `paths` (summed in float64, one file in memory at a
+    time), with what translating needs of the last one (its step, settings and tokenizers), and no optimizer
+    state: `averaged_from` lists the steps."""
     total, state, steps = {}, None, []
     for path in paths:
         state = load_checkpoint(path)
@@ -207,7 +226,7 @@ def average_checkpoints(paths: list[str]) -> dict:
                 total[name] = total.get(name, 0) + value.double()
     model = {name: (total[name] / len(paths)).to(value.dtype) if name in total else value
              for name, value in state["model"].items()}
-    return {**state, "model": model, "averaged_from": steps}
+    return {**{key: state[key] for key in WEIGHTS_KEYS}, "model": model, "averaged_from": steps}
 
 
 def write_average_of_last(folder: str, n: int) -> str | None:

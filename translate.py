@@ -61,7 +61,7 @@ def choose_checkpoint(folder: str, choice: str) -> tuple[str, dict]:
     """(path, loaded state) of the checkpoint that --checkpoint names; each file is read once."""
     if choice not in ("best", "latest"):
         path = checkpoint.named_path(folder, choice, "checkpoint", "'best', 'latest'")
-        return path, checkpoint.load_checkpoint(path)
+        return path, checkpoint.load_checkpoint(path, weights_will_do=True)
     found = checkpoint.list_checkpoints(folder)
     if not found:
         raise UserError(f"--model_folder {folder}: no complete checkpoint there; train first, or check the path")
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             path = checkpoint.write_average_of_last(args.model_folder, args.average_last)
             if path is None:
                 raise UserError(f"--average_last: {args.model_folder} holds fewer than two complete checkpoints")
-            print(f"averaged steps {checkpoint.load_checkpoint(path)['averaged_from']} into {path}")
+            steps = checkpoint.load_checkpoint(path, weights_will_do=True)["averaged_from"]
+            print(f"averaged steps {steps} into {path}")
             return
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
             else torch.device(args.device)

@@ -15,12 +15,12 @@ import torch
 import checkpoint
 import storage
 import train
-from conftest import TINY_MODEL, toy_pairs, write_jsonl
+from helpers import TINY_MODEL, toy_pairs, write_jsonl
 
 
 def state(step: int) -> dict:
     return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {}, "scheduler": {}, "step": step,
-            "epoch": 0, "epoch_sample": step, "config": {}, "rng": []}
+            "epoch": 0, "epoch_sample": step, "config": {}, "rng": [], "tokenizers": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def no_backoff(monkeypatch):
 def test_commit_writes_data_then_marker_and_leaves_no_temporaries(tmp_path):
     path = checkpoint.save_checkpoint(str(tmp_path), 5, state(5), keep_last=2)
     assert path == str(tmp_path / "ckpt_00000005.pt")
-    assert sorted(os.listdir(tmp_path)) == ["ckpt_00000005.done", "ckpt_00000005.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["best", "ckpt_00000005.done", "ckpt_00000005.pt", "latest"]
     assert json.loads((tmp_path / "ckpt_00000005.done").read_text())["bytes"] == os.path.getsize(path)
     assert checkpoint.read_preload(str(tmp_path), "latest")["step"] == 5
 
@@ -77,7 +77,8 @@ def test_a_save_that_keeps_failing_is_reported_and_harms_nothing(tmp_path, monke
         OSError(28, "No space left on device"))))
     assert checkpoint.save_checkpoint(str(tmp_path), 2, state(2), keep_last=2) is None
     assert "CHECKPOINT OF STEP 2 NOT SAVED" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["ckpt_00000001.done", "ckpt_00000001.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["best", "ckpt_00000001.done", "ckpt_00000001.pt", "latest"]
+    assert (tmp_path / "latest").read_text() == "ckpt_00000001.pt\n"  # still naming what is there
 
 
 def test_pruning_keeps_the_newest_and_the_best(tmp_path):
@@ -132,3 +133,27 @@ def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tm
     assert "CHECKPOINT OF STEP 4 NOT SAVED" in err and "CHECKPOINT OF STEP 6 NOT SAVED" in err
     assert [s for s, _ in checkpoint.list_checkpoints(str(folder))] == [2]
     assert checkpoint.read_preload(str(folder), "latest")["step"] == 2
+
+
+def test_latest_and_best_pointers_name_the_newest_checkpoint_and_the_best_one(tmp_path):
+    folder = str(tmp_path)
+    checkpoint.save_checkpoint(folder, 1, state(1), keep_last=2)
+    assert (tmp_path / "latest").read_text() == (tmp_path / "best").read_text() == "ckpt_00000001.pt\n"
+    for step in (2, 3, 4):
+        checkpoint.save_checkpoint(folder, step, state(step), keep_last=2, best_step=2)
+    assert (tmp_path / "latest").read_text() == "ckpt_00000004.pt\n"
+    assert (tmp_path / "best").read_text() == "ckpt_00000002.pt\n" and (tmp_path / "ckpt_00000002.pt").exists()
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+
+
+def test_an_average_holds_weights_only_translates_and_is_refused_as_a_resume_point(tmp_path):
+    folder = str(tmp_path)
+    for step in (2, 4):
+        checkpoint.save_checkpoint(folder, step, state(step), keep_last=3)
+    path = checkpoint.write_average_of_last(folder, 2)
+    averaged = checkpoint.load_checkpoint(path, weights_will_do=True)
+    assert sorted(averaged) == ["averaged_from", "config", "model", "step", "tokenizers"]  # no Adam moments
+    assert torch.equal(averaged["model"]["w"], torch.full((3,), 3.0)) and averaged["averaged_from"] == [2, 4]
+    with pytest.raises(checkpoint.UserError, match="averaged weights only"):
+        checkpoint.read_preload(folder, path)
+    assert checkpoint.read_preload(folder, "latest")["step"] == 4  # resume never picks the average
