@@ -89,6 +89,9 @@ class Config:
     cpu_offload: bool = _setting(False, "with --strategy fsdp: keep parameters, gradients and optimizer state in CPU "
                                         "memory; the optimizer steps on the CPU")
     seed: int = _setting(0, "seed of initialisation, dropout and data order")
+    device: str = _setting("auto", "auto = the GPU when torch can use one (a GPU it cannot use, such as one whose "
+                                   "driver is too old, is an error), cuda, or cpu on purpose",
+                           choices=("auto", "cuda", "cpu"))
     compile: bool | None = _setting(None, "torch.compile the model for training (default: on with CUDA, off on CPU)")
     num_workers: int | None = _setting(None, "DataLoader worker processes per rank (default: 2 with CUDA, 0 on CPU, "
                                              "where the cores are busy computing)")

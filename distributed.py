@@ -33,14 +33,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(timeout_s: float = 1800.0, device: str = "auto") -> DistInfo:
+    """This process's place in the job and its device (`device`: --device), with the process group set up when
+    launched by torchrun."""
     if "RANK" not in os.environ:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        runtime.check_gpu_supported(device)
-        return DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+        chosen = runtime.choose_device(device)
+        runtime.check_gpu_supported(chosen)
+        return DistInfo(rank=0, local_rank=0, world_size=1, device=chosen)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if runtime.choose_device(device, local_rank).type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
                             f"lower --nproc_per_node")

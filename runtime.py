@@ -95,6 +95,39 @@ def check_gpu_supported(device: torch.device) -> None:
                         f"(docs/install.md)")
 
 
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+# The CUDA 12.6 build runs on drivers from 525 on (Linux); what torch's default build needs is in its error.
+OLD_DRIVER_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+
+
+def nvidia_driver_version() -> str | None:
+    """The loaded NVIDIA kernel driver's version (Linux), or None where there is none."""
+    try:
+        with open(NVIDIA_DRIVER_FILE, encoding="utf-8") as f:
+            match = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", f.read())
+    except OSError:
+        return None
+    return match[1] if match else "unknown"
+
+
+def choose_device(requested: str, local_rank: int = 0) -> torch.device:
+    """--device: "cpu" on purpose, "cuda" (this process's GPU), or "auto": the GPU when torch can use one. A GPU that
+    torch cannot use (its driver too old for the CUDA torch was built with) is an error under "auto" too, not a
+    silent fall back to the CPU: a run meant for the GPU would take days there."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    driver = nvidia_driver_version()
+    if requested == "cuda" or (driver is not None and torch.version.cuda is not None):
+        what = (f"NVIDIA driver {driver} is loaded but torch {torch.__version__} (built for CUDA {torch.version.cuda})"
+                f" cannot use the GPU: the driver is too old for that CUDA" if driver else
+                f"torch {torch.__version__} sees no CUDA GPU (build: CUDA {torch.version.cuda or 'none, a CPU build'})")
+        raise UserError(f"--device {requested}: {what}; update the driver, or install a torch built for an older "
+                        f"CUDA (`{OLD_DRIVER_INSTALL}`, docs/install.md), or pass --device cpu to train on the CPU")
+    return torch.device("cpu")
+
+
 def compile_by_default(requested: bool | None, device: torch.device) -> bool:
     """--compile unset: on with CUDA (it pays for itself once per layer kind), off on CPU."""
     return requested if requested is not None else device.type == "cuda"

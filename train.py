@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(rank=int(os.environ.get("RANK", "0")))
     try:
         validate(cfg)  # identical on every rank, so all ranks stop here together, before any collective
-        info = init_distributed(cfg.dist_timeout)
+        info = init_distributed(cfg.dist_timeout, cfg.device)
         train(cfg, info)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

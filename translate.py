@@ -213,8 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             steps = checkpoint.load_checkpoint(path, weights_will_do=True)["averaged_from"]
             print(f"averaged steps {steps} into {path}")
             return
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-            else torch.device(args.device)
+        device = runtime.choose_device("auto") if args.device == "auto" else torch.device(args.device)
         runtime.check_gpu_supported(device)
         runtime.configure_cuda(device)
         translator = Translator(args.model_folder, args.checkpoint, device)

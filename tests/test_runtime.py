@@ -9,10 +9,7 @@ import distributed
 import runtime
 import train
 from errors import UserError
-
-# torch.cuda.get_arch_list() of the PyPI build (CUDA 13) and of the CUDA 12.6 build.
-CUDA13_BUILD = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
-CUDA126_BUILD = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+from helpers import CUDA13_BUILD, CUDA126_BUILD, fake_gpu
 
 
 @pytest.mark.parametrize("capability, arch_list, runs", [
@@ -31,18 +28,6 @@ CUDA126_BUILD = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 ])
 def test_which_builds_run_on_which_gpus(capability, arch_list, runs):
     assert runtime.runs_on(capability, arch_list) is runs
-
-
-def fake_gpu(monkeypatch, capability, arch_list, name="Quadro P4000"):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    touched = []  # anything that would run a kernel or join a process group
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: touched.append("set_device"))
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: touched.append("process group"))
-    return touched
 
 
 def test_an_unsupported_gpu_is_one_line_naming_it_and_the_install_command(monkeypatch):
@@ -78,3 +63,35 @@ def test_train_py_on_an_unsupported_gpu_exits_with_one_line_and_writes_nothing(m
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: Quadro P4000 (compute capability 6.1) is not supported") and len(err) == 1
     assert not os.path.exists(folder)
+
+
+def test_a_gpu_that_torch_cannot_use_is_an_error_not_a_silent_cpu_run(monkeypatch, tmp_path):
+    driver_file = tmp_path / "version"
+    driver_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  Thu May  2 14:37:44 UTC 2024\n")
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_FILE", str(driver_file))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert runtime.nvidia_driver_version() == "470.256.02"
+    with pytest.raises(UserError) as refused:
+        runtime.choose_device("auto")
+    message = str(refused.value)
+    assert "driver 470.256.02" in message and "CUDA 13.0" in message and "--device cpu" in message
+    assert "\n" not in message and "cu126" in message
+    assert runtime.choose_device("cpu") == torch.device("cpu")  # on purpose: no question asked
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_FILE", str(tmp_path / "none"))  # a machine without a GPU
+    assert runtime.choose_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="sees no CUDA GPU"):
+        runtime.choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.choose_device("auto", local_rank=3) == torch.device("cuda", 3)
+
+
+def test_train_stops_with_one_line_when_the_gpu_cannot_be_used(monkeypatch, tmp_path, capsys):
+    driver_file = tmp_path / "version"
+    driver_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02\n")
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_FILE", str(driver_file))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--model_folder", str(tmp_path / "w")])
+    assert stop.value.code == 2 and "driver 470.256.02" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
