@@ -235,16 +235,28 @@ def write_average_of_last(folder: str, n: int) -> str | None:
     found = list_checkpoints(folder)[-n:]
     if len(found) < 2:
         return None
-    path = os.path.join(folder, f"averaged_{found[0][0]:08d}-{found[-1][0]:08d}.pt")
+    return _write_weights_file(os.path.join(folder, f"averaged_{found[0][0]:08d}-{found[-1][0]:08d}.pt"),
+                               [path for _, path in found])
+
+
+def _write_weights_file(path: str, sources: list[str]) -> str | None:
+    """The averaged weights of the checkpoints `sources` written to `path` (over an earlier one); None, with a
+    warning, when a checkpoint is damaged or the write fails: the run's own checkpoints stay as they are."""
     try:
-        state = average_checkpoints([p for _, p in found])
+        state = average_checkpoints(sources)
         if os.path.exists(path):
             os.remove(path)
         write_new_file(path, lambda f: torch.save(state, f))
-    except Exception as e:  # a failed write or a damaged checkpoint: the run's own checkpoints stay as they are
-        log.warning(f"could not write the average of {[s for s, _ in found]} to {path}: {e}")
+    except Exception as e:
+        log.warning(f"could not write the weights of {', '.join(map(os.path.basename, sources))} to {path}: "
+                    f"{described(e)}")
         return None
     return path
+
+
+def write_weights(folder: str, step: int) -> str | None:
+    """Rank 0: the weights of the checkpoint of `step` alone, as averaging writes them, in weights_<step>.pt."""
+    return _write_weights_file(os.path.join(folder, f"weights_{step:08d}.pt"), [checkpoint_path(folder, step)])
 
 
 def load_model_weights(path: str) -> dict | None:

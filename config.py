@@ -121,9 +121,12 @@ class Config:
     wandb_mode: str = _setting("auto", "auto = the WANDB_MODE environment variable if set, else online when logged "
                                        "in (WANDB_API_KEY or `wandb login`), else offline",
                                choices=("auto", "online", "offline", "disabled"))
-    wandb_project: str = _setting("transformer-translation", "W&B project")
+    wandb_project: str | None = _setting(None, "W&B project (default: WANDB_PROJECT, else transformer-translation)")
+    wandb_entity: str | None = _setting(None, "W&B entity, a user or team (default: WANDB_ENTITY, else yours)")
     wandb_group: str | None = _setting(None, "W&B group, e.g. to gather the runs of one experiment")
     wandb_run_name: str | None = _setting(None, "W&B run name (default: W&B picks one)")
+    wandb_log_model: bool = _setting(False, "at the end of training, log the best and the final weights (with the "
+                                            "tokenizers and config.json) as a W&B model artifact")
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":

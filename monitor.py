@@ -50,6 +50,7 @@ def setup_logging(rank: int, stream=None) -> None:
 
 
 WANDB_MODES = ("online", "offline", "disabled")
+DEFAULT_PROJECT = "transformer-translation"
 
 
 def resolve_wandb_mode(mode: str) -> tuple[str, str | None]:
@@ -77,40 +78,89 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+RUN_ID_FILE = "wandb_run_id"  # in the model folder: every restart of a run logs to the same W&B run
+
+
+def logged_through(metrics_path: str) -> int:
+    """The last step a previous start of this run logged to metrics.jsonl (and W&B); -1 for none."""
+    last = -1
+    try:
+        with open(metrics_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    last = max(last, json.loads(line).get("step", -1))
+                except ValueError:
+                    continue  # a line cut short by a crash
+    except OSError:
+        pass
+    return last
+
+
+def folder_run_id(folder: str, run_id: str) -> str:
+    """The W&B run id kept in the model folder (written by the first start), else `run_id`, now kept there."""
+    path = os.path.join(folder, RUN_ID_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or run_id
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(run_id + "\n")
+    return run_id
+
+
 class RunMonitor:
-    """Writes metrics on the main rank and does nothing elsewhere, so callers need no rank checks."""
+    """Writes metrics on the main rank and does nothing elsewhere, so callers need no rank checks. One history per
+    training run across any number of restarts: the W&B run id is kept in the model folder, and the steps a restart
+    computes again (from its checkpoint up to where the previous start had logged) are not logged twice."""
 
     def __init__(self, cfg: Config, enabled: bool, run_id: str):
-        self.enabled = enabled
-        self.run_id = run_id
+        self.enabled, self.run_id, self.cfg = enabled, run_id, cfg
         self.wandb_run = None
         self._metrics_file = None
         if not enabled:
             return
-        self._metrics_file = open(os.path.join(cfg.model_folder, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(cfg.model_folder, "metrics.jsonl")
+        self.logged_before = logged_through(path)
+        if self.logged_before >= 0:
+            log.info(f"metrics of steps up to {self.logged_before} were logged before this start: not logged again")
+        self._metrics_file = open(path, "a", encoding="utf-8")
+        self.run_id = folder_run_id(cfg.model_folder, run_id)
         mode, note = resolve_wandb_mode(cfg.wandb_mode)
         if note:
             log.info(note)
-        if mode == "disabled":
-            return
-        if mode == "offline":
-            os.environ["WANDB_MODE"] = "offline"
-            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline means no network at all
+        if mode != "disabled":
+            self.wandb_run = self._start_wandb(mode)
+
+    def _start_wandb(self, mode: str):
+        """A W&B run (resumed when its id exists); offline with a warning if it cannot start online, and none with a
+        warning if it cannot start at all: training never dies of its monitoring. WANDB_PROJECT, WANDB_ENTITY,
+        WANDB_DIR and WANDB_BASE_URL are honoured where no flag says otherwise."""
         import wandb
 
-        self.wandb_run = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group, name=cfg.wandb_run_name,
-                                    id=run_id, resume="allow", mode=mode, dir=cfg.model_folder,
-                                    config=to_dict(cfg))
+        cfg = self.cfg
+        for attempt in (mode, "offline") if mode == "online" else (mode,):
+            if attempt == "offline":
+                os.environ["WANDB_MODE"] = "offline"
+                os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline means no network at all
+            try:
+                return wandb.init(project=cfg.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                                  entity=cfg.wandb_entity, group=cfg.wandb_group, name=cfg.wandb_run_name,
+                                  id=self.run_id, resume="allow", mode=attempt,
+                                  dir=os.environ.get("WANDB_DIR") or cfg.model_folder, config=to_dict(cfg))
+            except Exception as e:  # no network, no login, a server that refuses: W&B raises many kinds
+                log.warning(f"W&B could not start {attempt} ({type(e).__name__}: {str(e).strip()[:200]}); "
+                            f"{'trying offline' if attempt == 'online' else 'training goes on without W&B'}")
+        return None
 
     def log(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or step <= self.logged_before:
             return
         self._write_line({"step": step}, metrics)
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
     def log_summary(self, metrics: dict) -> None:
-        """Final figures: a line of metrics.jsonl and the W&B run summary."""
+        """Figures of the whole run (the best validation, the test score): a line of metrics.jsonl and the W&B
+        run summary."""
         if not self.enabled:
             return
         self._write_line({"summary": True}, metrics)
@@ -123,12 +173,23 @@ class RunMonitor:
 
     def log_samples(self, step: int, rows: list[tuple[str, str, str]]) -> None:
         """A W&B table of (source, reference, hypothesis) sample translations."""
-        if self.wandb_run is None:
+        if self.wandb_run is None or step <= self.logged_before:
             return
         import wandb
 
         table = wandb.Table(columns=["source", "reference", "hypothesis"], data=[list(r) for r in rows])
         self.wandb_run.log({"val/samples": table}, step=step)
+
+    def log_model(self, files: dict[str, str], metadata: dict) -> None:
+        """--wandb_log_model: `files` (name in the artifact: path) as one W&B model artifact of this run."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{self.run_id}", type="model", metadata=metadata)
+        for name, path in files.items():
+            artifact.add_file(path, name=name)
+        self.wandb_run.log_artifact(artifact, aliases=["latest", "best"])
 
     def close(self) -> None:
         if self._metrics_file is not None:

@@ -473,6 +473,7 @@ class Validation:
             return False
         state.best_bleu, state.best_step = bleu, state.step
         log.info(f"best BLEU so far: {bleu:.2f} at step {state.step}")
+        self.monitor.log_summary({"val/best_bleu": bleu, "val/best_chrf": result.chrf, "val/best_step": state.step})
         return True
 
     def score_test_split(self) -> None:
@@ -497,6 +498,7 @@ class Run:
                  f"{run_data.num_workers} data workers, peak {self.peak / 1e12:.2f} TFLOP/s per device "
                  f"({peak_source})")
         self.monitor = RunMonitor(cfg, enabled=info.is_main, run_id=state.run_id)
+        state.run_id = self.monitor.run_id  # on rank 0, which saves it: the one kept in the model folder
         self.checkpoints = Checkpointer(cfg, info, run_data, parts, state)
         self.validation = Validation(cfg, info, run_data, parts, state, autocast, self.monitor)
         self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
@@ -632,6 +634,8 @@ class Run:
         else:
             self.checkpoints.average_last()
             self.validation.score_test_split()
+            if cfg.wandb_log_model:
+                run_on_main(lambda: log_model_artifact(cfg, state, self.monitor))
         if cfg.streaming:
             batches = self.run_data.batches
             log.info(f"rank 0's stream, this run: {batches.dropped_too_long} pairs longer than --seq_len "
@@ -651,6 +655,19 @@ def metrics_line(step: int, metrics: dict, peak: float) -> str:
     if metrics["train/skipped_steps"]:
         line += f"\n  {metrics['train/skipped_steps']} steps skipped so far for a non-finite loss or gradient"
     return line
+
+
+def log_model_artifact(cfg: Config, state: TrainState, monitor: RunMonitor) -> None:
+    """Rank 0, --wandb_log_model: the best and the final weights (weights only, as averaging writes them), the
+    tokenizers and config.json, as one W&B model artifact."""
+    final = checkpoint.newest_step(cfg.model_folder)
+    files = {f"tokenizer_{lang}.json": tokenizer.tokenizer_path(cfg.model_folder, lang)
+             for lang in (cfg.lang_src, cfg.lang_tgt)}
+    files["config.json"] = os.path.join(cfg.model_folder, "config.json")
+    for name, step in (("final.pt", final), ("best.pt", state.best_step if state.best_step is not None else final)):
+        files[name] = checkpoint.write_weights(cfg.model_folder, step)
+    monitor.log_model({name: path for name, path in files.items() if path},
+                      {"final_step": final, "best_step": state.best_step, "best_bleu": state.best_bleu})
 
 
 def window_metrics(window: Window, last: StepResult, scheduler, peak: float, info: DistInfo) -> dict:
