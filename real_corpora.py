@@ -1,4 +1,5 @@
-"""Real English->X parallel corpora rebuilt offline from software localization catalogs (gettext .mo files).
+"""Real English->X parallel corpora rebuilt offline from software localization catalogs (gettext .mo files) and from
+translated documentation (GNOME's help pages).
 
 Every translated program ships its user-visible strings as compiled gettext catalogs: English source text
 (the msgid) next to a human translation (the msgstr).  This script turns those catalogs into corpora in the
@@ -6,20 +7,28 @@ opus_books JSONL schema that train.py reads with --data_files, one example per l
 
     {"id": "17", "translation": {"en": "cannot open %s", "it": "impossibile aprire %s"}}
 
-Two sources:
+Three sources:
 
   system       the catalogs this machine already holds under /usr/share/locale/<lang>/LC_MESSAGES/*.mo
                (coreutils, apt, bash, binutils, ...): terse command-line messages.
   libreoffice  Debian's libreoffice-l10n-<lang> package, fetched with `apt-get download` into a cache folder
                and unpacked with `dpkg-deb -x`: office UI strings, a different domain (run `apt-get update`
                once beforehand; later runs reuse the cache and need no network).
+  gnome-help   Debian's gnome-user-docs package (the GNOME desktop help and system administration guide) and the
+               help of GNOME applications (Mallard pages under usr/share/help/<lang>/): natural, descriptive
+               sentences. A translated page keeps
+               the English page's structure, so paragraphs align one to one; paragraphs that split into the same
+               number of sentences on both sides give one pair per sentence. Validation and test pairs are held out
+               by page (about a twentieth of the pages each), written to validation.jsonl and test.jsonl beside
+               train.jsonl: `python train.py --dataset corpora/gnome-help-en-de --lang_tgt de`.
 
     python real_corpora.py --langs it,de,fr,es --out corpora              # -> corpora/system-en-it/train.jsonl ...
     python real_corpora.py --source libreoffice --langs de --out corpora  # -> corpora/libreoffice-en-de/train.jsonl
     python real_corpora.py --langs de --max_pairs 27000 --out corpora     # also corpora/system-en-de-27000/
+    python real_corpora.py --source gnome-help --langs de,it --out corpora  # -> corpora/gnome-help-en-de/...
     python train.py --data_files corpora/system-en-it/train.jsonl --lang_tgt it ...
 
-Each corpus folder holds only train.jsonl: the trainer holds out validation and test pairs itself.  Text is kept
+Each catalog corpus folder holds only train.jsonl: the trainer holds out validation and test pairs itself.  Text is kept
 exactly as the catalogs have it (placeholders such as %s or {0}, newlines, LibreOffice's ~ and _ mnemonics,
 untranslated copies, duplicates across programs): cleaning is the trainer's loader's job.  The output depends
 only on the catalogs: files in name order, entries in catalog order, ids running from 0.
@@ -34,6 +43,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,18 +277,142 @@ def run(command: list[str], cwd: Path, what: str) -> None:
         raise CorpusError(f"{what}: {errors[-1] if errors else f'exit status {result.returncode}'}")
 
 
+# ------------------------------------------------------------------------------------------------ help pages
+
+# The desktop help and admin guide, then the applications that ship their help translated into German or Italian.
+GNOME_HELP_PACKAGES = ("gnome-user-docs", "baobab", "brasero-common", "cheese-common", "eog", "evince-common",
+                       "file-roller", "gedit-common", "gnome-boxes", "gnome-calculator", "gnome-clocks",
+                       "gnome-dictionary", "gnome-logs", "gnome-music", "gnome-system-monitor", "gnome-terminal-data",
+                       "seahorse", "simple-scan", "totem-common", "zenity-common", "polari", "gnome-chess",
+                       "gnome-mahjongg", "gnome-mines", "gnome-sudoku", "iagno", "aisleriot", "swell-foop",
+                       "gnome-tetravex", "five-or-more", "four-in-a-row", "gnome-robots", "hitori", "lightsoff",
+                       "quadrapassel")
+HELP_DIR = "usr/share/help"
+MALLARD_TEXT_BLOCKS = {"p", "title", "desc", "subtitle"}  # what a reader reads; code, screens and credits are not
+HELD_OUT_PAGES = 20  # one page in twenty goes to validation, one to test
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“„«(\[]?[^\W\d_])")
+
+
+@dataclass
+class HelpCounts:
+    pages: int = 0            # English pages with a page of the same name in the language
+    misaligned: int = 0       # of which skipped: a different number of text blocks on the two sides
+    blocks: int = 0           # text blocks (paragraphs, titles) of the aligned pages
+    sentence_split: int = 0   # blocks that split into as many sentences on both sides, one pair per sentence
+    untranslated: int = 0     # dropped: the translation equals the English
+    no_text: int = 0          # dropped: a side without a letter (markup, numbers, symbols only)
+    duplicates: int = 0       # dropped: a pair seen before
+    splits: dict | None = None
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{name} {count}" for name, count in (self.splits or {}).items())
+        return (f"{kept} pairs from {self.blocks} aligned blocks of {self.pages - self.misaligned} pages "
+                f"({self.misaligned} of {self.pages} pages skipped as misaligned; {self.sentence_split} blocks split "
+                f"into sentences; dropped {self.untranslated} untranslated, {self.no_text} without text, "
+                f"{self.duplicates} duplicates)")
+
+
+def gnome_help_roots(cache_dir) -> list[Path]:
+    """usr/share/help of every package of GNOME_HELP_PACKAGES (each holds all its languages), unpacked into
+    cache_dir unless already there."""
+    roots = []
+    for package in GNOME_HELP_PACKAGES:
+        unpacked = Path(cache_dir) / package
+        if not unpacked.is_dir():
+            download_and_unpack(package, unpacked)
+        roots.append(unpacked / HELP_DIR)
+    return roots
+
+
+def page_blocks(path: Path) -> list[str]:
+    """The text of every paragraph, title and description of a Mallard page, in document order, with inline
+    markup (<gui>, <em>, <link>) kept as its text and white space collapsed."""
+    import xml.etree.ElementTree as ElementTree
+
+    blocks = []
+    for element in ElementTree.parse(path).iter():
+        if element.tag.rsplit("}", 1)[-1] in MALLARD_TEXT_BLOCKS:
+            blocks.append(" ".join("".join(element.itertext()).split()))
+    return blocks
+
+
+def block_pairs(english: str, translation: str) -> list[tuple[str, str]]:
+    """One pair per sentence when both sides split into the same number of sentences, else the block whole."""
+    sources, targets = SENTENCE_END.split(english), SENTENCE_END.split(translation)
+    return list(zip(sources, targets)) if len(sources) == len(targets) > 1 else [(english, translation)]
+
+
+def help_page_pairs(help_roots: list[Path], lang: str, counts: HelpCounts) -> dict[str, list[tuple[str, str]]]:
+    """{document/page.page: aligned pairs} for every English page that has a page in the language."""
+    pages = {}
+    english_pages = [(root, page) for root in help_roots for page in sorted((root / "C").glob("*/*.page"))]
+    for help_root, english_page in english_pages:
+        relative = english_page.relative_to(help_root / "C")
+        translated_page = help_root / lang / relative
+        if not translated_page.is_file():
+            continue
+        counts.pages += 1
+        english, translated = page_blocks(english_page), page_blocks(translated_page)
+        if len(english) != len(translated):
+            counts.misaligned += 1
+            continue
+        counts.blocks += len(english)
+        pairs = []
+        for source, target in zip(english, translated):
+            split = block_pairs(source, target)
+            counts.sentence_split += len(split) > 1
+            pairs.extend(split)
+        pages[str(relative)] = pairs
+    return pages
+
+
+def held_out_split(page: str) -> str:
+    """The split a page's pairs go to, from its name alone: the same on every run and for every language."""
+    bucket = zlib.crc32(page.encode()) % HELD_OUT_PAGES
+    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def write_help_corpus(help_roots: list[Path], lang: str, out: Path) -> HelpCounts:
+    """train.jsonl, validation.jsonl and test.jsonl of the aligned help pages of `lang`, held out by page."""
+    if not any((root / lang).is_dir() for root in help_roots):
+        raise CorpusError(f"no help pages for language {lang!r} in {', '.join(map(str, help_roots))}")
+    counts, seen = HelpCounts(), set()
+    splits = {"train": [], "validation": [], "test": []}
+    for page, pairs in help_page_pairs(help_roots, lang, counts).items():
+        for pair in pairs:
+            if pair[0] == pair[1]:
+                counts.untranslated += 1
+            elif not all(re.search(r"[^\W\d_]", side) for side in pair):
+                counts.no_text += 1
+            elif pair in seen:
+                counts.duplicates += 1
+            else:
+                seen.add(pair)
+                splits[held_out_split(page)].append(pair)
+    for split, pairs in splits.items():
+        lines = [jsonl_line({"id": str(i), "translation": {"en": en, lang: text}})
+                 for i, (en, text) in enumerate(pairs)]
+        out.mkdir(parents=True, exist_ok=True)
+        partial = out / f"{split}.jsonl.partial"
+        partial.write_text("".join(lines), encoding="utf-8")
+        os.replace(partial, out / f"{split}.jsonl")
+    counts.splits = {split: len(pairs) for split, pairs in splits.items()}
+    return counts
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build English->X parallel corpora (opus_books JSONL) from gettext "
                                                  "localization catalogs.")
     parser.add_argument("--langs", required=True, help="comma-separated target languages, e.g. it,de,fr,es")
-    parser.add_argument("--source", choices=("system", "libreoffice"), default="system",
-                        help="system: the catalogs under --locale_dir; libreoffice: Debian's libreoffice-l10n-<lang>")
+    parser.add_argument("--source", choices=("system", "libreoffice", "gnome-help"), default="system",
+                        help="system: the catalogs under --locale_dir; libreoffice: Debian's libreoffice-l10n-<lang>; "
+                             "gnome-help: Debian's gnome-user-docs, aligned paragraph by paragraph")
     parser.add_argument("--out", default="corpora", help="writes <out>/<source>-en-<lang>/train.jsonl")
     parser.add_argument("--locale_dir", default=SYSTEM_LOCALE_DIR, help="where --source system looks for catalogs")
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR,
-                        help="where --source libreoffice keeps downloaded and unpacked packages")
+                        help="where --source libreoffice and gnome-help keep downloaded and unpacked packages")
     parser.add_argument("--max_pairs", type=int,
                         help="also write a random sample of this many pairs to <out>/<source>-en-<lang>-<N>/")
     args = parser.parse_args(argv)
@@ -293,6 +427,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
+        if args.source == "gnome-help":
+            help_roots = gnome_help_roots(args.cache_dir)
+            for lang in args.langs:
+                out = Path(args.out) / f"gnome-help-en-{lang}"
+                counts = write_help_corpus(help_roots, lang, out)
+                print(f"{out}: {counts.summary()}")
+            return
         if args.source == "system":
             # Every language is checked before anything is written, so a typo costs no half-finished run.
             catalogs = {lang: system_catalogs(lang, args.locale_dir) for lang in args.langs}

@@ -158,3 +158,59 @@ def test_a_sample_of_the_corpus_is_drawn_at_random_the_same_way_every_time(tmp_p
     ids = [int(json.loads(line)["id"]) for line in sample]
     assert len(set(ids)) == 30 and ids != sorted(ids)  # distinct lines, in a shuffled order
     assert rc.write_sample(full, 500, tmp_path / "c" / "train.jsonl") == 100
+
+
+PAGE = """<page xmlns="http://projectmallard.org/1.0/" id="{id}">
+  <info><credit><name>A. Writer</name></credit><desc>{desc}</desc></info>
+  <title>{title}</title>
+  <p>{p1}</p>
+  <steps><item><p>{p2}</p></item></steps>
+  <code>ls -l</code>
+</page>
+"""
+
+
+def help_page(root: Path, lang: str, doc: str, name: str, **texts) -> None:
+    folder = root / "usr" / "share" / "help" / lang / doc
+    folder.mkdir(parents=True, exist_ok=True)
+    body = PAGE.format(id=name, **texts)
+    if texts.get("extra"):
+        body = body.replace("</page>", f"<p>{texts['extra']}</p></page>")
+    (folder / f"{name}.page").write_text(body, encoding="utf-8")
+
+
+def test_help_pages_align_by_structure_then_by_sentence_and_hold_out_whole_pages(tmp_path, capsys):
+    english = dict(desc="Pair devices.", title="Connect a device",
+                   p1="Open the <gui>Settings</gui> panel. Then click <em>Add</em>.", p2="Wait a moment, please.")
+    german = dict(desc="Geräte koppeln.", title="Ein Gerät verbinden",
+                  p1="Öffnen Sie die <gui>Einstellungen</gui>. Klicken Sie dann auf <em>Hinzufügen</em>.",
+                  p2="Warten Sie bitte einen Moment, bis das Gerät erscheint. Das dauert.")
+    package = tmp_path / "cache" / "gnome-user-docs"
+    pages = ("a", "b", "c", "d", "p33", "p46")  # p33's name sends it to validation, p46's to test
+    for page in pages:
+        for lang, texts in (("C", english), ("de", german)):  # pages differ but for their paragraph p1
+            help_page(package, lang, "gnome-help", page, **{k: v if k == "p1" else f"[{page}] {v}"
+                                                            for k, v in texts.items()})
+    help_page(package, "C", "gnome-help", "misaligned", **english, extra="One more paragraph.")
+    help_page(package, "de", "gnome-help", "misaligned", **german)
+    help_page(package, "C", "gnome-help", "untranslated", **english)
+    help_page(package, "de", "gnome-help", "untranslated", **{**german, "title": english["title"]})
+    counts = rc.write_help_corpus([package / "usr" / "share" / "help"], "de", tmp_path / "out")
+    pairs = {split: [tuple(ex["translation"].values()) for ex in read_jsonl(tmp_path / "out" / f"{split}.jsonl")]
+             for split in ("train", "validation", "test")}
+    everything = [pair for split in pairs.values() for pair in split]
+    assert ("Open the Settings panel.", "Öffnen Sie die Einstellungen.") in everything  # markup kept as text
+    assert ("Then click Add.", "Klicken Sie dann auf Hinzufügen.") in everything  # sentence by sentence
+    assert ("[a] Wait a moment, please.", "[a] Warten Sie bitte einen Moment, bis das Gerät erscheint. Das dauert.") \
+        in everything  # one sentence against two: the paragraph whole
+    assert not [pair for pair in everything if "ls -l" in pair[0] or "Writer" in pair[0]]  # code and credits
+    assert (counts.pages, counts.misaligned, counts.untranslated) == (8, 1, 1)
+    assert counts.duplicates == 2 * 7 - 2  # p1's two sentences on every page with p1 after the first (7 pages)
+    assert len(everything) == len(set(everything))
+    page_of = {split: {en[1:en.index("]")] for en, _ in kept if en.startswith("[")} for split, kept in pairs.items()}
+    assert page_of == {"train": {"a", "b", "c", "d"}, "validation": {"p33"}, "test": {"p46"}}  # whole pages held out
+    assert all(rc.held_out_split(f"gnome-help/{page}.page") == split for split, names in page_of.items()
+               for page in names)
+    assert rc.held_out_split("gnome-help/a.page") == rc.held_out_split("gnome-help/a.page")
+    with pytest.raises(rc.CorpusError, match="no help pages for language 'fr'"):
+        rc.write_help_corpus([package / "usr" / "share" / "help"], "fr", tmp_path / "fr")
