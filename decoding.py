@@ -3,16 +3,28 @@ decode with, and the token budget that holds each translation to its source's pl
 
 Kept apart from the network (as fairseq keeps its SequenceGenerator apart from its models): the model computes
 logits for the positions it is given; how outputs are searched, cut and scored is decided here, and shared by
-evaluation and translate.py.
+evaluation and translate.py. A `Translator` is a trained model folder loaded for translating (translate.py,
+export.py).
 """
 
+import logging
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import runtime
+import tokenizer
+from config import Config, model_config
+from errors import UserError
+from model import Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, placeholder_tokens, placeholders
+
+log = logging.getLogger("translation")
 
 FINISHED_CHECK_EVERY = 8  # decoding steps between host reads of "has every sentence ended?"
 
@@ -295,3 +307,109 @@ def decode_tokens(model, src: torch.Tensor, beam_size: int = 1, length_penalty: 
         return greedy_decode(model, src, BOS_ID, EOS_ID, max_new_tokens, max_lengths=limits, budget=budget)
     return beam_search(model, src, BOS_ID, EOS_ID, max_new_tokens, beam_size, length_penalty, max_lengths=limits,
                        budget=budget)
+
+
+# ----------------------------------------------------------------------------------------------- a model folder
+
+def choose_checkpoint(folder: str, choice: str) -> tuple[str, dict]:
+    """(path, loaded state) of the checkpoint that --checkpoint names; each file is read once."""
+    if choice not in ("best", "latest"):
+        path = checkpoint.named_path(folder, choice, "checkpoint", "'best', 'latest'")
+        return path, checkpoint.load_checkpoint(path, weights_will_do=True)
+    found = checkpoint.list_checkpoints(folder)
+    if not found:
+        raise UserError(f"--model_folder {folder}: no complete checkpoint there; train first, or check the path")
+    newest_step, newest = found[-1]
+    state = checkpoint.load_checkpoint(newest)
+    best_step = state.get("best_step")
+    best = checkpoint.checkpoint_path(folder, best_step) if best_step is not None else None
+    if choice == "best" and best_step != newest_step and (best_step, best) in found:
+        return best, checkpoint.load_checkpoint(best)  # the newest names the best: it is kept through pruning
+    return newest, state
+
+
+class Translator:
+    """A trained model and its tokenizers, loaded from a model folder and checked against each other."""
+
+    def __init__(self, folder: str, choice: str, device: torch.device):
+        if not os.path.isdir(folder):
+            raise UserError(f"--model_folder {folder}: no such folder")
+        self.path, state = choose_checkpoint(folder, choice)
+        self.config = Config.from_dict(state["config"])
+        tokenizers = []
+        for side, lang in (("src", self.config.lang_src), ("tgt", self.config.lang_tgt)):
+            path = tokenizer.tokenizer_path(folder, lang)
+            if not os.path.exists(path):
+                raise UserError(f"--model_folder {folder}: {os.path.basename(path)} is missing; the tokenizers of "
+                                f"the run must sit beside its checkpoints")
+            text = open(path, encoding="utf-8").read()
+            if tokenizer.fingerprint(text) != state["tokenizers"][side]:
+                raise UserError(f"{path} is not the tokenizer {os.path.basename(self.path)} was trained with")
+            tokenizers.append(tokenizer.tokenizer_from_json(text))
+        self.src_tok, self.tgt_tok = tokenizers
+        self.model = Transformer(model_config(self.config, self.src_tok.get_vocab_size(),
+                                              self.tgt_tok.get_vocab_size(), tokenizer.PAD_ID, dropout=0.0))
+        self.model.load_state_dict(state["model"])
+        self.model.to(device).eval()
+        self.placeholders_kept = PlaceholderBudget(self.tgt_tok)
+        self.device = device
+        # The run's own --precision, resolved for this device: on the same machine, training's test score and
+        # --evaluate's are the same numbers (fp16 needs a GPU: elsewhere what auto picks).
+        saved = self.config.precision
+        self.precision = runtime.resolve_precision("auto" if saved == "fp16" and device.type != "cuda" else saved,
+                                                   device)
+        self.autocast = runtime.make_autocast(self.precision, device)
+        self.step = state["step"]
+
+    def pieces(self, text: str) -> list[str]:
+        """`text` as pieces that fit the model's positions: itself when it fits, else its sentences (split after
+        . ! ? and line breaks), and any sentence still too long in runs of whole words (a single word longer than the
+        model's positions, which no model can take, is cut)."""
+        limit = self.config.seq_len - 1  # room for EOS
+        if len(self.src_tok.encode(text, add_special_tokens=False).ids) <= limit:
+            return [text]
+        out = []
+        for sentence in (s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()):
+            current = ""
+            for word in sentence.split(" "):
+                longer = f"{current} {word}" if current else word
+                if current and len(self.src_tok.encode(longer, add_special_tokens=False).ids) > limit:
+                    out.append(current)
+                    longer = word
+                current = longer
+            out.append(current)
+        return out
+
+    @torch.no_grad()
+    def translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
+        """Translations in input order, in batches of similar length. A source longer than the model's positions is
+        translated sentence by sentence (see `pieces`) and the translations joined, never truncated."""
+        pieces = [self.pieces(text) for text in sentences]
+        if any(len(p) > 1 for p in pieces):
+            split = sum(len(p) > 1 for p in pieces)
+            log.info(f"{split} inputs longer than {self.config.seq_len - 1} tokens were translated in pieces "
+                     f"(sentences)")
+            flat = self._translate([piece for p in pieces for piece in p], beam_size, length_penalty, batch_size)
+            joined, at = [], 0
+            for p in pieces:
+                joined.append(" ".join(flat[at:at + len(p)]))
+                at += len(p)
+            return joined
+        return self._translate(sentences, beam_size, length_penalty, batch_size)
+
+    def _translate(self, sentences: list[str], beam_size: int, length_penalty: float, batch_size: int) -> list[str]:
+        limit = self.config.seq_len - 1
+        encoded = [e.ids for e in self.src_tok.encode_batch(sentences, add_special_tokens=False)]
+        sources = [torch.tensor(ids[:limit] + [tokenizer.EOS_ID]) for ids in encoded]
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        out = [""] * len(sources)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
+                                                  padding_value=tokenizer.PAD_ID).to(self.device)
+            budget = self.placeholders_kept.for_sources([sentences[i] for i in chunk], self.device)
+            with self.autocast():
+                tokens = decode_tokens(self.model, src, beam_size, length_penalty, budget)
+            for i, text in zip(chunk, self.tgt_tok.decode_batch(tokens.tolist(), skip_special_tokens=True)):
+                out[i] = text  # as training's evaluation scores it: no stripping
+        return out

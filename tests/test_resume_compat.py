@@ -15,7 +15,7 @@ import torch
 
 import checkpoint
 import train
-import translate
+from decoding import Translator
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ebdd226_run")
 FLAGS = ["--valid_size", "16", "--test_size", "16", "--d_model", "32", "--num_layers", "1", "--num_heads", "2",
@@ -49,7 +49,7 @@ def test_a_checkpoint_of_the_old_layout_resumes_to_the_weights_the_old_code_reac
 
 
 def test_translate_reads_a_model_folder_of_the_old_layout(tmp_path):
-    translator = translate.Translator(old_folder(tmp_path), "latest", torch.device("cpu"))
+    translator = Translator(old_folder(tmp_path), "latest", torch.device("cpu"))
     assert translator.step == 3 and translator.config.d_model == 32
     (text,) = translator.translate(["The cat sees the dog."], beam_size=2, length_penalty=1.0, batch_size=4)
     assert isinstance(text, str)
