@@ -18,6 +18,7 @@ import uuid
 import torch
 
 import faults
+from progress import progress
 from errors import UserError, described, first_line
 from storage import fsync_folder, replace_text, write_new_file
 
@@ -218,7 +219,7 @@ def average_checkpoints(paths: list[str]) -> dict:
     time), with what translating needs of the last one (its step, settings and tokenizers), and no optimizer
     state: `averaged_from` lists the steps."""
     total, state, steps = {}, None, []
-    for path in paths:
+    for path in progress(paths, len(paths), "averaging checkpoints"):
         state = load_checkpoint(path)
         steps.append(state["step"])
         for name, value in state["model"].items():

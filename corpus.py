@@ -16,6 +16,7 @@ import unicodedata
 
 from config import Config
 from errors import UserError, first_line
+from progress import on_terminal
 
 log = logging.getLogger("translation")
 
@@ -117,7 +118,10 @@ def _load_with_datasets(cfg: Config, streaming: bool = False):
     AWS_ENDPOINT_URL."""
     import datasets  # heavy: imported only when a non-builtin corpus is asked for
 
-    datasets.disable_progress_bars()
+    if on_terminal():  # the download and preparation of a hub dataset can take minutes: show it, on rank 0
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     by_split = _files_by_split(cfg)
     if by_split is not None:
         patterns = [p for split in by_split.values() for p in split]

@@ -22,6 +22,7 @@ import tokenizer
 from config import Config, model_config
 from errors import UserError
 from model import Transformer
+from progress import progress
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, placeholder_tokens, placeholders
 
 log = logging.getLogger("translation")
@@ -403,7 +404,7 @@ class Translator:
         sources = [torch.tensor(ids[:limit] + [tokenizer.EOS_ID]) for ids in encoded]
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out = [""] * len(sources)
-        for start in range(0, len(order), batch_size):
+        for start in progress(range(0, len(order), batch_size), -(-len(order) // batch_size), "translating"):
             chunk = order[start:start + batch_size]
             src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in chunk], batch_first=True,
                                                   padding_value=tokenizer.PAD_ID).to(self.device)

@@ -13,6 +13,7 @@ from dataset import TranslationDataset, collate, shard_for_rank
 from decoding import PlaceholderBudget, decode_tokens
 from distributed import DistInfo, dist_sum, gather_to_main
 from model import cross_entropy_sum
+from progress import progress
 from tokenizer import PAD_ID, placeholders
 
 
@@ -60,7 +61,9 @@ def translate_examples(model, dataset: TranslationDataset, indices: list[int], s
     model.eval()
     placeholders_kept = PlaceholderBudget(tgt_tokenizer)
     out = {}
-    for chunk, batch in _length_sorted_batches(dataset, indices, batch_size):
+    batches = _length_sorted_batches(dataset, indices, batch_size)
+    what = "translating" if beam_size == 1 else f"translating (beam {beam_size})"
+    for chunk, batch in progress(batches, -(-len(indices) // batch_size), what):
         budget = placeholders_kept.for_sources([sources[i] for i in chunk], device)
         with autocast():
             tokens = decode_tokens(model, batch["src"].to(device), beam_size, length_penalty, budget)

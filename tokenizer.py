@@ -6,11 +6,15 @@ programs fill in (%s, {0}) out whole, so that decoding can count them.
 """
 
 import hashlib
+import logging
 import os
 import re
 
 from errors import UserError
+from progress import on_terminal
 from storage import write_text
+
+log = logging.getLogger("translation")
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0..3 in every tokenizer we train
@@ -47,13 +51,15 @@ def train_tokenizer(sentences: list[str], vocab_size: int):
     are never split, and "[UNK]" or "[EOS]" written in a sentence is text, not a control token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    log.info(f"training a {vocab_size}-token BPE vocabulary on {len(sentences):,} sentences")
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(f" ?(?:{PLACEHOLDER})|{WORD_SPLIT}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=on_terminal())
     tokenizer.train_from_iterator(sentences, trainer=trainer)
     tokenizer.encode_special_tokens = True
     return tokenizer
