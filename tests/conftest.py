@@ -1,88 +1,67 @@
-"""Shared test fixtures: an offline environment, free ports, tiny corpora and a way to launch train.py."""
+"""Fixtures shared by the tests: the offline environment, the toy corpus, and a tiny model trained once."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
+import contextlib
+import io
 
 import pytest
+import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from helpers import OFFLINE_ENV, toy_pairs, write_jsonl
+from monitor import setup_logging
 
-from monitor import setup_logging  # noqa: E402
+# Set by torchrun or by a user's shell; a test that needs them sets its own.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "WANDB_API_KEY",
+                      "TORCHELASTIC_USE_AGENT_STORE")
 
-# No test touches the network: W&B offline or off, the Hugging Face hub unreachable by configuration.
-OFFLINE_ENV = {"WANDB_MODE": "disabled", "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true",
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-# A tiny model: end-to-end runs take seconds on a laptop CPU.
-# fp32: the same numbers on every machine (--precision auto is bf16 on CPUs that compute it natively), so runs under
-# different strategies and world sizes can be compared closely.
-TINY_MODEL = ["--d_model", "32", "--num_layers", "1", "--num_heads", "2", "--d_ff", "64", "--vocab_size", "400",
-              "--batch_size", "16", "--eval_max_sentences", "16", "--log_every", "2", "--warmup_steps", "2",
-              "--precision", "fp32"]
+@pytest.fixture(scope="session", autouse=True)
+def offline_session(tmp_path_factory):
+    """Offline from the start, with caches in temporary folders: session-scoped fixtures are set up before any
+    test's own, and train with this environment too. One thread for torch here, as OMP_NUM_THREADS=1 gives every
+    launched process: runs in this process compute as launched ones do, and a busy core does not stall them."""
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for key, value in OFFLINE_ENV.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb_dir")))
+        for key in LAUNCHER_VARIABLES:
+            monkeypatch.delenv(key, raising=False)
+        yield
 
 
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch, tmp_path_factory):
-    setup_logging(rank=0)  # as the programs log: information to stdout, warnings to stderr
-    for key, value in OFFLINE_ENV.items():
-        monkeypatch.setenv(key, value)
+    """Each test: caches of its own, and the log as the programs set it up (information to stdout, warnings to
+    stderr)."""
+    setup_logging(rank=0)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb_dir")))
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "WANDB_API_KEY"):
+    for key in LAUNCHER_VARIABLES:
         monkeypatch.delenv(key, raising=False)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> str:
+    """The toy corpus as a jsonl file, read by many runs and written by none: 400 pairs; with --valid_size 20 and
+    --test_size 20, 360 train: 23 steps an epoch in batches of 16 on one rank, 12 on two."""
+    return write_jsonl(tmp_path_factory.mktemp("toy_corpus") / "toy.jsonl", toy_pairs(400))
 
 
-def write_jsonl(path, pairs, src="en", tgt="it") -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for i, (a, b) in enumerate(pairs):
-            f.write(json.dumps({"id": str(i), "translation": {src: a, tgt: b}}, ensure_ascii=False) + "\n")
-    return str(path)
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(model folder, training's output) of a tiny model that translates the toy corpus fairly well: 600 pairs, 8
+    epochs, trained in this process in a few seconds; the test split is 40 pairs, scored with beam 4 at the end, and
+    the last 3 checkpoints are averaged. Read it; a test that writes to it works on a copy."""
+    import train
 
-
-def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """A small learnable corpus in two languages (noun-adjective order swaps)."""
-    import random
-
-    rng = random.Random(seed)
-    nouns = [("cat", "gatto"), ("dog", "cane"), ("book", "libro"), ("boy", "ragazzo"), ("tree", "albero"),
-             ("horse", "cavallo"), ("friend", "amico"), ("garden", "giardino")]
-    adjectives = [("red", "rosso"), ("big", "grande"), ("new", "nuovo"), ("old", "vecchio"), ("small", "piccolo")]
-    verbs = [("sees", "vede"), ("eats", "mangia"), ("has", "ha"), ("wants", "vuole")]
-    pairs = []
-    while len(pairs) < n:  # distinct pairs: the loader drops duplicates
-        (n1, i1), (a1, j1), (v, w), (n2, i2) = (rng.choice(nouns), rng.choice(adjectives), rng.choice(verbs),
-                                                rng.choice(nouns))
-        pair = (f"The {a1} {n1} {v} the {n2}.", f"Il {i1} {j1} {w} il {i2}.")
-        if pair not in pairs:
-            pairs.append(pair)
-    return pairs
-
-
-def child_env(extra: dict | None = None) -> dict:
-    """The environment of a launched process: offline, and without the handle of a W&B service that an in-process
-    run started in this pytest process (children would share it, and a killed child's run would stay open there)."""
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**env, **OFFLINE_ENV, **(extra or {})}
-
-
-def launch(args: list[str], env: dict | None = None, timeout: float = 240,
-           stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run a command from the repository root with the offline environment; output captured as text."""
-    return subprocess.run(args, cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout,
-                          input=stdin)
-
-
-def torchrun(nproc: int, train_args: list[str], extra: list[str] | None = None, **kwargs):
-    return launch([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *(extra or []),
-                   "train.py", *train_args], **kwargs)
+    root = tmp_path_factory.mktemp("trained")
+    corpus = write_jsonl(root / "toy.jsonl", toy_pairs(600))
+    flags = ["--d_model", "64", "--num_layers", "1", "--num_heads", "2", "--d_ff", "128", "--vocab_size", "400",
+             "--batch_size", "32", "--lr", "3e-3", "--warmup_steps", "20", "--num_epochs", "8", "--eval_every",
+             "1000", "--save_every", "25", "--keep_last", "3", "--average_last", "3", "--eval_max_sentences", "40",
+             "--log_every", "50", "--valid_size", "40", "--test_size", "40", "--wandb_mode", "disabled"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the log looks sys.stdout up at every line
+        train.main([*flags, "--data_files", corpus, "--model_folder", str(root / "w")])
+    return root / "w", out.getvalue()

@@ -15,7 +15,7 @@ import torch
 import checkpoint
 import storage
 import train
-from helpers import TINY_MODEL, toy_pairs, write_jsonl
+from helpers import TINY_MODEL
 
 
 def state(step: int) -> dict:
@@ -114,9 +114,9 @@ def read_only(folder):
             yield
 
 
-def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tmp_path, monkeypatch, capsys):
+def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tmp_path, toy_corpus, monkeypatch,
+                                                                                capsys):
     folder = tmp_path / "w"
-    corpus = write_jsonl(tmp_path / "toy.jsonl", toy_pairs(300))
     real_save = checkpoint.save_checkpoint
     with contextlib.ExitStack() as stack:
         def save_then_lose_the_folder(*args, **kwargs):
@@ -126,7 +126,7 @@ def test_folder_lost_mid_run_training_goes_on_and_earlier_checkpoints_survive(tm
             return path
 
         monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_lose_the_folder)
-        train.main([*TINY_MODEL, "--data_files", corpus, "--valid_size", "20", "--test_size", "20",
+        train.main([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20",
                     "--model_folder", str(folder), "--max_steps", "6", "--save_every", "2", "--eval_every", "50"])
     out, err = capsys.readouterr()
     assert "done: 6 steps" in out

@@ -1,92 +1,11 @@
-import os
-import subprocess
-import sys
+"""Tokenized datasets, padding and collation, batch widths and counts, the distributed sampler and token-budget
+batches (dataset.py)."""
 
 import pytest
 import torch
 
 import dataset as data
-import corpus as corpora
 import tokenizer as tok
-from config import parse_config
-from errors import UserError
-from conftest import ROOT, toy_pairs, write_jsonl
-
-
-def corpus_from_files(tmp_path, pairs, *flags):
-    path = write_jsonl(tmp_path / "corpus.jsonl", pairs)
-    return corpora.load_corpus(parse_config(["--data_files", path, *flags]))
-
-
-def test_train_only_corpus_splits_deterministically_and_disjointly(tmp_path):
-    pairs = [(f"sentence {i}", f"frase {i}") for i in range(300)]
-    a = corpus_from_files(tmp_path, pairs, "--valid_size", "20", "--test_size", "30")
-    b = corpus_from_files(tmp_path, pairs, "--valid_size", "20", "--test_size", "30", "--seed", "7")
-    assert a == b  # independent of --seed, so a restart with another seed keeps the split
-    assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (250, 20, 30)
-    assert sorted(a["train"] + a["validation"] + a["test"]) == sorted(pairs)
-    assert a["validation"] != pairs[:20]  # shuffled, not the head of the file
-
-
-def test_split_is_identical_in_another_process():
-    """Ranks are separate processes: the split must not depend on hash seeds or process state."""
-    code = ("import corpus; p=[(str(i), str(i)) for i in range(100)]; "
-            "print(corpus.split_pairs(p, 10, 10)['validation'])")
-    outputs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
-    assert len(outputs) == 1
-    assert outputs.pop().strip() == str(corpora.split_pairs([(str(i), str(i)) for i in range(100)], 10, 10)["validation"])
-
-
-def test_existing_validation_and_test_splits_are_used(tmp_path):
-    for split, n in (("train", 40), ("validation", 5), ("test", 6)):
-        write_jsonl(tmp_path / f"{split}.jsonl", [(f"{split} {i}", f"{split} it {i}") for i in range(n)])
-    # A local dataset folder goes through datasets.load_dataset exactly like a hub name.
-    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path)]))
-    assert [len(corpus[s]) for s in ("train", "validation", "test")] == [40, 5, 6]
-    assert corpus["validation"][0] == ("validation 0", "validation it 0")
-
-
-def test_parquet_and_glob_data_files(tmp_path):
-    import datasets
-
-    rows = [{"id": str(i), "translation": {"en": f"a {i}", "it": f"b {i}"}} for i in range(50)]
-    datasets.Dataset.from_list(rows[:25]).to_parquet(str(tmp_path / "part-0.parquet"))
-    datasets.Dataset.from_list(rows[25:]).to_parquet(str(tmp_path / "part-1.parquet"))
-    corpus = corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "*.parquet"), "--valid_size", "5",
-                                            "--test_size", "5"]))
-    assert sum(len(v) for v in corpus.values()) == 50
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--lang_src", "de"], "--lang_src: language 'de' is not in the corpus"),
-    (["--lang_tgt", "fr"], "--lang_tgt: language 'fr' is not in the corpus"),
-])
-def test_unknown_language_is_a_clear_error(tmp_path, flags, message):
-    with pytest.raises(UserError, match=message):
-        corpus_from_files(tmp_path, toy_pairs(50), "--valid_size", "5", "--test_size", "5", *flags)
-
-
-def test_empty_corpus_and_missing_files_are_clear_errors(tmp_path):
-    with pytest.raises(UserError, match="--data_files: the corpus is empty"):
-        corpus_from_files(tmp_path, [])
-    write_jsonl(tmp_path / "blank.jsonl", [("", "")])  # pairs exist, but hold no text: cleaned away
-    with pytest.raises(UserError, match="the corpus is empty .no training pairs"):
-        corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "blank.jsonl")]))
-    with pytest.raises(UserError, match="--data_files: no file matches"):
-        corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "missing*.jsonl")]))
-    with pytest.raises(UserError, match="--dataset: cannot load 'no-such-org/no-such-corpus'"):
-        corpora.load_corpus(parse_config(["--dataset", "no-such-org/no-such-corpus"]))
-
-
-def test_tokenizer_round_trip_is_exact():
-    sentences = ["Il gatto rosso mangia.", "Perché la città è bella?", "l'uomo e un'amica", "  two  spaces ",
-                 "émoji 🙂 and ünïcode ß", "Numbers 1,234.5 and (brackets)!"]
-    tokenizer = tok.train_tokenizer(sentences * 20, vocab_size=400)
-    for text in sentences + ["completely unseen: Ωμέγα ≠ zeta"]:
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        assert tokenizer.decode(ids) == text
-    assert [tokenizer.token_to_id(t) for t in tok.SPECIAL_TOKENS] == [0, 1, 2, 3]
 
 
 def test_tokenization_filters_and_counts_long_and_empty_pairs():
@@ -179,24 +98,6 @@ def test_length_grouping_cuts_padding_keeps_a_permutation_and_ignores_world_size
     assert sorted(seen) == list(range(n))
 
 
-def test_hub_corpus_goes_through_load_dataset_with_its_config(monkeypatch):
-    """The hub is unreachable here: check the call the trainer makes, on data of opus_books' schema."""
-    import datasets
-
-    calls = []
-    rows = [{"id": str(i), "translation": {"en": f"e {i}", "it": f"i {i}"}} for i in range(30)]
-
-    def fake_load_dataset(path, name=None, **kwargs):
-        calls.append((path, name))
-        return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    corpus = corpora.load_corpus(parse_config(["--dataset", "Helsinki-NLP/opus_books", "--dataset_config", "en-it",
-                                            "--valid_size", "3", "--test_size", "3"]))
-    assert calls == [("Helsinki-NLP/opus_books", "en-it")]
-    assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (24, 3, 3)
-
-
 def token_budget_shards(lengths, max_tokens, world, epoch=0, start=0):
     samplers = [data.DistributedBatchSampler(len(lengths), 1, rank, world, 0, lengths=lengths, max_tokens=max_tokens)
                 for rank in range(world)]
@@ -243,67 +144,3 @@ def test_a_sentence_longer_than_the_budget_gets_a_batch_of_its_own():
     lengths = torch.tensor([5, 5, 50, 5, 5])  # 4 x width 6 fits 24
     _, (shard,) = token_budget_shards(lengths, 24, world=1)
     assert [sorted(b) for b in shard] == [[0, 1, 3, 4], [2]]  # sorted by length within the window
-
-
-def test_dirty_corpora_are_cleaned_and_counted_and_held_out_sources_never_trained_on(tmp_path, capsys):
-    decomposed = "citta\u0300"  # "città" written as "a" + a combining grave accent
-    rows = [("A city.", decomposed), ("A city.", "città"),  # the same pair once NFC-normalized: a duplicate
-            ("", "vuoto"), ("Empty target.", "   "),
-            ("Short.", "Una frase lunghissima che non traduce affatto quella breve di partenza."),
-            ("GNU", "GNU")]  # untranslated, and right to be: kept, counted
-    rows += [(f"Sentence {i}.", f"Frase {i}.") for i in range(40)]
-    rows += [(f"Sentence {i}.", f"Frase numero {i}.") for i in range(40)]  # same sources, other translations
-    files = write_jsonl(tmp_path / "train.jsonl", rows)
-    capsys.readouterr()
-    corpus = corpora.load_corpus(parse_config(["--data_files", files, "--valid_size", "5", "--test_size", "5"]))
-    lines = capsys.readouterr().out.splitlines()
-    assert ("A city.", "città") in corpus["train"] + corpus["validation"] + corpus["test"]
-    everything = corpus["train"] + corpus["validation"] + corpus["test"]
-    assert len(everything) == len(set(everything)) and all("\u0300" not in t for _, t in everything)
-    held_out = {s for s, _ in corpus["validation"] + corpus["test"]}
-    assert held_out and not held_out & {s for s, _ in corpus["train"]}
-    files_line, line = lines
-    assert files_line == f"data files: train <- {files}"
-    assert "86 pairs read, 1 NFC-normalized; dropped 2 with an empty side, 1 with a length ratio over 4, " \
-           "1 duplicates" in line and "kept 1 untranslated" in line
-    removed = int(line.split("duplicates, ")[1].split(" training pairs")[0])
-    assert removed >= 1 and len(everything) + removed == 86 - 4
-
-
-def test_placeholders_stay_whole_and_special_token_names_are_plain_text():
-    sentences = ["%*s/%s kB (%d%%) copied", "Hello {name}, %(count)d files", "It is 100% done",
-                 "Use [UNK] or [EOS] tokens"] * 20
-    tokenizer = tok.tokenizer_from_json(tok.train_tokenizer(sentences, 400).to_str())
-    tokens = tokenizer.encode("%*s/%s kB (%d%%) copied", add_special_tokens=False).tokens
-    assert {"%*s", "%s", "%d", "%%"} <= set(tokens) and "(%" not in "".join(tokens).replace("(%d", "")
-    assert "Ġ{name}" in tokenizer.encode("Hello {name}, %(count)d files").tokens
-    for text in sentences[:4]:
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        assert not {tok.PAD_ID, tok.BOS_ID, tok.EOS_ID, 1} & set(ids)  # [UNK] in text is text
-        assert tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert tok.placeholders("%*s/%s kB (%d%%) {0} %(name)s, 100% done") == ["%*s", "%s", "%d", "%%", "{0}",
-                                                                             "%(name)s"]
-
-
-def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path, capsys):
-    assert [corpora.split_of_file(n) for n in ("train.jsonl", "eval.jsonl", "dev-2020.parquet", "newstest2014.jsonl",
-                                            "corpus.jsonl", "heldout.jsonl")] == \
-        ["train", "validation", "validation", "test", None, None]
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", [(f"Sentence {i}.", f"Frase {i}.") for i in range(30)])
-    write_jsonl(folder / "eval.jsonl", [(f"Other {i}.", f"Altra {i}.") for i in range(4)])
-    write_jsonl(folder / "newstest2014.jsonl", [(f"Test {i}.", f"Prova {i}.") for i in range(3)])
-    capsys.readouterr()
-    corpus = corpora.load_corpus(parse_config(["--dataset", str(folder)]))
-    lines = capsys.readouterr().out.splitlines()
-    assert (len(corpus["train"]), len(corpus["validation"]), len(corpus["test"])) == (30, 4, 3)
-    assert "validation <- " in lines[0] and "eval.jsonl" in lines[0] and "newstest2014.jsonl" in lines[0]
-    write_jsonl(folder / "heldout.jsonl", [("Held.", "Tenuta.")])  # says no split, beside files that do
-    with pytest.raises(UserError, match="cannot tell which split heldout.jsonl holds"):
-        corpora.load_corpus(parse_config(["--dataset", str(folder)]))
-    explicit = f"train={folder / 'train.jsonl'},validation={folder / 'heldout.jsonl'}"
-    corpus = corpora.load_corpus(parse_config(["--data_files", explicit, "--test_size", "5"]))
-    assert corpus["validation"] == [("Held.", "Tenuta.")] and len(corpus["test"]) == 5
-    with pytest.raises(UserError, match="'dev' is not a split"):
-        corpora.load_corpus(parse_config(["--data_files", f"dev={folder / 'eval.jsonl'}"]))

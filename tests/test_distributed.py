@@ -11,12 +11,12 @@ import torch.multiprocessing as mp
 import dataset as data
 import tokenizer as tok
 from config import parse_config
-from conftest import free_port
 from distributed import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
+from helpers import join_as_rank, spawn_ranks
 from model import ModelConfig, Transformer
 import parallel
 from runtime import make_autocast
-from train import train_step
+from optimization import train_step
 
 STEPS, GLOBAL_BATCH = 3, 8
 CFG = parse_config(["--dropout", "0", "--lr", "0.003", "--grad_clip", "0.5"])
@@ -76,26 +76,49 @@ def train_a_few_steps(info: DistInfo, accum: int, poison_rank: int | None = None
     return {k: v.detach().clone() for k, v in full.items()}, skipped
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, accum: int, poison_rank, strategy: str,
-            compile_model: bool = False):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    info = init_distributed()
+SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+# What two ranks train, each in the same pair of processes (one start-up for all): strategy, gradient accumulation
+# steps, compiled layers, the rank whose loss is made NaN.
+TWO_RANK_RUNS = {
+    "ddp-1": ("ddp", 1, False, None), "ddp-2": ("ddp", 2, False, None), "fsdp-2": ("fsdp", 2, False, None),
+    "ddp-1-compiled": ("ddp", 1, True, None),  # compiled layers under DDP's static graph: the default on GPUs
+    "fsdp-1-compiled": ("fsdp", 1, True, None),  # compiled layers under FSDP2's per-layer hooks
+    "ddp-nan-on-rank-1": ("ddp", 1, False, 1), "fsdp-nan-on-rank-1": ("fsdp", 1, False, 1),
+}
+
+
+def _two_ranks(rank: int, port: int, out_dir: str):
+    """Every run of TWO_RANK_RUNS, then FSDP's building and evaluation copies, then a crash in rank 0's part (last:
+    it leaves the group usable, but nothing after it should depend on that)."""
+    join_as_rank(port, rank, 2)
+    info = init_distributed(timeout_s=600.0)
     try:
-        state, skipped = train_a_few_steps(info, accum, poison_rank, strategy, compile_model)
-        torch.save({"state": state, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
+        report = {}
+        for name, (strategy, accum, compile_model, poison_rank) in TWO_RANK_RUNS.items():
+            if compile_model:
+                import torch._dynamo
+
+                torch._dynamo.reset()  # each compiled run compiles as in a process of its own
+            state, skipped = train_a_few_steps(info, accum, poison_rank, strategy, compile_model)
+            report[name] = {"state": state, "skipped": skipped}
+        report["fsdp-build"] = fsdp_build_report(info)
+        try:
+            run_on_main(lambda: 1 / 0)  # a bug or a damaged file in rank 0's part
+            report["crash"] = "returned"
+        except Exception as e:
+            report["crash"] = f"{type(e).__name__}: {e}"
+        torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         destroy_distributed()
 
 
-def run_two_ranks(tmp_path, accum: int, poison_rank=None, strategy: str = "ddp",
-                  compile_model: bool = False) -> list[dict]:
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), accum, poison_rank, strategy, compile_model),
-                       nprocs=2, start_method="spawn")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-
-
-SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    """Each rank's report of `_two_ranks`."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    spawn_ranks(_two_ranks, 2, str(out))
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
 def assert_same_parameters(a: dict, b: dict):
@@ -103,13 +126,10 @@ def assert_same_parameters(a: dict, b: dict):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("strategy, accum, compile_model", [
-    ("ddp", 1, False), ("ddp", 2, False), ("fsdp", 2, False),
-    ("ddp", 1, True),  # compiled layers under DDP's static graph: the default on GPUs
-    ("fsdp", 1, True),  # compiled layers under FSDP2's per-layer hooks
-])
-def test_two_ranks_on_half_batches_match_one_process_on_the_whole(tmp_path, strategy, accum, compile_model):
-    ranks = run_two_ranks(tmp_path, accum, strategy=strategy, compile_model=compile_model)
+@pytest.mark.e2e
+@pytest.mark.parametrize("run", ["ddp-1", "ddp-2", "fsdp-2", "ddp-1-compiled", "fsdp-1-compiled"])
+def test_two_ranks_on_half_batches_match_one_process_on_the_whole(two_ranks, run):
+    ranks = [report[run] for report in two_ranks]
     single, _ = train_a_few_steps(SINGLE, accum=1)
     assert_same_parameters(ranks[0]["state"], ranks[1]["state"])
     assert_same_parameters(ranks[0]["state"], single)
@@ -126,9 +146,10 @@ def test_gradient_accumulation_matches_one_step_on_the_full_batch():
     assert_same_parameters(four, whole)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_non_finite_loss_on_one_rank_skips_the_step_on_all(tmp_path, strategy):
-    ranks = run_two_ranks(tmp_path, accum=1, poison_rank=1, strategy=strategy)
+def test_non_finite_loss_on_one_rank_skips_the_step_on_all(two_ranks, strategy):
+    ranks = [report[f"{strategy}-nan-on-rank-1"] for report in two_ranks]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [True] * STEPS
     torch.manual_seed(0)
     untouched = Transformer(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_heads=2,
@@ -143,19 +164,16 @@ SHARED_CFG = ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_h
                          dropout=0.0, max_len=32, share_embeddings=True)
 
 
-def _fsdp_memory_worker(rank: int, port: int, out_dir: str):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    info = init_distributed()
+def fsdp_build_report(info: DistInfo) -> dict:
+    built_on = []  # where each Transformer that parallel builds holds its parameters when built
+
+    class Recorded(Transformer):
+        def __init__(self, config):
+            super().__init__(config)
+            built_on.append(self.output.weight.device.type)
+
+    parallel.Transformer = Recorded
     try:
-        built_on = []  # where each Transformer that parallel builds holds its parameters when built
-
-        class Recorded(Transformer):
-            def __init__(self, config):
-                super().__init__(config)
-                built_on.append(self.output.weight.device.type)
-
-        parallel.Transformer = Recorded
         torch.manual_seed(0)
         raw = parallel.build_sharded(SHARED_CFG, dataclasses.replace(CFG, strategy="fsdp"), "fp32", info.device)
         local_sizes = {name: p.to_local().numel() for name, p in raw.named_parameters()}
@@ -163,24 +181,23 @@ def _fsdp_memory_worker(rank: int, port: int, out_dir: str):
 
         full = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True))
         copies = {precision: parallel.evaluation_model(raw, precision, info.device) for precision in ("fp32", "bf16")}
-        shared = {precision: len({p.data_ptr() for p in (copy.src_embed.weight, copy.tgt_embed.weight,
-                                                           copy.output.weight)})
-                  for precision, copy in copies.items()}
-        torch.save({"built_on": built_on, "local_sizes": local_sizes, "full": full, "shared": shared,
-                    "copies": {precision: copy.state_dict() for precision, copy in copies.items()},
-                    "positions": copies["bf16"].positions},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        destroy_distributed()
+        parallel.Transformer = Transformer
+    shared = {precision: len({p.data_ptr() for p in (copy.src_embed.weight, copy.tgt_embed.weight,
+                                                       copy.output.weight)})
+              for precision, copy in copies.items()}
+    return {"built_on": built_on, "local_sizes": local_sizes, "full": full, "shared": shared,
+            "copies": {precision: copy.state_dict() for precision, copy in copies.items()},
+            "positions": copies["bf16"].positions}
 
 
-def test_fsdp_builds_on_the_meta_device_and_evaluates_a_copy_in_the_compute_dtype(tmp_path):
+@pytest.mark.e2e
+def test_fsdp_builds_on_the_meta_device_and_evaluates_a_copy_in_the_compute_dtype(two_ranks):
     """No rank ever holds the whole fp32 model: it is built on the meta device and each rank draws and keeps its
     own shards only (the same values as the model built whole from the same seed, shared weights still shared), and
     evaluation gathers a copy with its matrices in the dtype the forward computes in (bf16: half the bytes of fp32)
     and nothing else."""
-    mp.start_processes(_fsdp_memory_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [report["fsdp-build"] for report in two_ranks]
     torch.manual_seed(0)
     whole = Transformer(SHARED_CFG)
     expected = whole.state_dict()
@@ -199,8 +216,7 @@ def test_fsdp_builds_on_the_meta_device_and_evaluates_a_copy_in_the_compute_dtyp
 
 
 def _timeout_worker(rank: int, port: int, out_dir: str, rank0_done):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    join_as_rank(port, rank, 2)
     init_distributed(timeout_s=2.0)
     try:
         if rank == 0:  # rank 1 never joins this barrier: rank 0 must fail after --dist_timeout, not hang
@@ -218,11 +234,10 @@ def _timeout_worker(rank: int, port: int, out_dir: str, rank0_done):
         destroy_distributed()
 
 
+@pytest.mark.e2e
 def test_dist_timeout_bounds_a_collective_that_a_rank_never_joins(tmp_path):
-    context = mp.get_context("spawn")
-    rank0_done = context.Event()
-    mp.start_processes(_timeout_worker, args=(free_port(), str(tmp_path), rank0_done), nprocs=2,
-                       start_method="spawn")
+    rank0_done = mp.get_context("spawn").Event()
+    spawn_ranks(_timeout_worker, 2, str(tmp_path), rank0_done)
     outcome = (tmp_path / "outcome.txt").read_text()
     assert outcome.startswith("raised") and "timed out" in outcome.lower(), outcome
 
@@ -256,23 +271,7 @@ def test_each_torchrun_round_gets_a_store_free_of_the_keys_of_dead_rounds(monkey
     assert not stores[1].check(["rank_1_address"])  # the dead round's keys are not in this round's store
 
 
-def _crash_on_main_worker(rank: int, port: int, out_dir: str):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    init_distributed(timeout_s=60.0)
-    try:
-        try:
-            run_on_main(lambda: 1 / 0)  # a bug or a damaged file in rank 0's part
-            outcome = "returned"
-        except Exception as e:
-            outcome = f"{type(e).__name__}: {e}"
-        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-            f.write(outcome)
-    finally:
-        destroy_distributed()
-
-
-def test_a_crash_in_rank_0s_part_stops_every_rank_instead_of_leaving_them_waiting(tmp_path):
-    mp.start_processes(_crash_on_main_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    assert (tmp_path / "rank0.txt").read_text().startswith("ZeroDivisionError")
-    assert (tmp_path / "rank1.txt").read_text().startswith("RuntimeError: global rank 0 failed: ZeroDivisionError")
+@pytest.mark.e2e
+def test_a_crash_in_rank_0s_part_stops_every_rank_instead_of_leaving_them_waiting(two_ranks):
+    assert two_ranks[0]["crash"].startswith("ZeroDivisionError")
+    assert two_ranks[1]["crash"].startswith("RuntimeError: global rank 0 failed: ZeroDivisionError")

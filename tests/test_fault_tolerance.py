@@ -5,7 +5,9 @@ corpus, on two gloo ranks; a checkpoint every 2 steps. The interrupted runs are 
 """
 
 import os
+import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +16,15 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT, TINY_MODEL, child_env, free_port, toy_pairs, write_jsonl
+import train
+from helpers import ROOT, TINY_MODEL, c10d_rendezvous, checkpoint_steps, child_env, host_store
+
+pytestmark = pytest.mark.e2e  # every test here launches runs of train.py and stops, kills or restarts them
 
 STEPS = 30
 MODEL = [*TINY_MODEL, "--d_model", "64", "--d_ff", "128", "--dropout", "0.2", "--log_every", "1",
          "--save_every", "2", "--eval_every", "1000", "--valid_size", "20", "--test_size", "20",
          "--max_steps", str(STEPS)]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("corpus") / "toy.jsonl", toy_pairs(400))
 
 
 def start(folder, corpus, nproc=2, launcher=("--standalone",), env=None, extra=(), script="train.py",
@@ -44,7 +44,9 @@ def wait_for_line(process: subprocess.Popen, prefix: str) -> list[str]:
         lines.append(line)
         if line.startswith(prefix):
             return lines
-    raise AssertionError(f"the run ended before printing {prefix!r}: {''.join(lines)[-2000:]}")
+    code, _, err = finish(process, timeout=60)  # what it said on stderr tells why
+    raise AssertionError(f"the run ended (exit code {code}) before printing {prefix!r}:\n{''.join(lines)[-2000:]}\n"
+                         f"stderr:\n{err[-5000:]}")
 
 
 def finish(process: subprocess.Popen, timeout=240) -> tuple[int, str, str]:
@@ -78,10 +80,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def worker_pid(agent: subprocess.Popen, rank: int) -> int:
-    """The pid of the worker of global rank `rank` among the agent's children."""
-    with open(f"/proc/{agent.pid}/task/{agent.pid}/children") as f:
-        children = [int(p) for p in f.read().split()]
+def worker_pid(agents: list[subprocess.Popen], rank: int) -> int:
+    """The pid of the worker of global rank `rank` among the children of these agents."""
+    children = []
+    for agent in agents:
+        with open(f"/proc/{agent.pid}/task/{agent.pid}/children") as f:
+            children += [int(p) for p in f.read().split()]
     for pid in children:
         with open(f"/proc/{pid}/environ", "rb") as f:
             if f"RANK={rank}".encode() in f.read().split(b"\0"):
@@ -89,11 +93,12 @@ def worker_pid(agent: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} among {children}")
 
 
-def first_to_print(processes: list[subprocess.Popen], prefix: str) -> subprocess.Popen:
-    """The process whose output first has a line starting with `prefix`, read straight from the pipes as it comes."""
-    selector = selectors.DefaultSelector()
-    for process in processes:
-        selector.register(process.stdout.fileno(), selectors.EVENT_READ, [process, b""])
+def first_to_print(processes: list[subprocess.Popen], prefix: str) -> str:
+    """Read the processes' output straight from the pipes as it comes until one prints a line starting with
+    `prefix`: all that was read from them."""
+    selector, read = selectors.DefaultSelector(), [[process, b""] for process in processes]
+    for entry in read:
+        selector.register(entry[0].stdout.fileno(), selectors.EVENT_READ, entry)
     with selector:
         while selector.get_map():
             for key, _ in selector.select():
@@ -103,7 +108,7 @@ def first_to_print(processes: list[subprocess.Popen], prefix: str) -> subprocess
                     continue
                 key.data[1] += chunk
                 if f"\n{prefix}".encode() in b"\n" + key.data[1]:
-                    return key.data[0]
+                    return "".join(data.decode() for _, data in read)
     raise AssertionError(f"no process printed {prefix!r}")
 
 
@@ -124,151 +129,135 @@ def assert_bit_identical(a: dict, b: dict):
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
+def reference_folder(toy_corpus, tmp_path_factory):
+    """The folder of the uninterrupted run, with every checkpoint kept; not to be written to."""
     folder = tmp_path_factory.mktemp("reference")
-    code, out, err = finish(start(folder, corpus))
+    code, out, err = finish(start(folder, toy_corpus, extra=["--keep_last", str(STEPS)]))
     assert code == 0, err[-3000:]
-    return final_parameters(folder)
+    return folder
 
 
-def test_sigterm_to_one_rank_stops_all_cleanly_and_resume_is_bit_identical(tmp_path, corpus, reference):
-    run = start(tmp_path, corpus)
-    wait_for_line(run, "step 3 |")
-    os.kill(worker_pid(run, 1), signal.SIGTERM)  # rank 1 alone is told: rank 0 must learn it through the group
-    code, out, err = finish(run, timeout=60)
-    assert code == 0, err[-3000:]
-    assert "stop requested (on another rank)" in out
-    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
-    assert 3 <= stopped_at < STEPS and f"saved {tmp_path}/ckpt_{stopped_at:08d}.pt" in out
-    code, out, err = finish(start(tmp_path, corpus))
-    assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
-    assert_bit_identical(final_parameters(tmp_path), reference)
+@pytest.fixture(scope="module")
+def reference(reference_folder):
+    return final_parameters(reference_folder)
 
 
-def test_worker_killed_under_max_restarts_resumes_by_itself_bit_identical(tmp_path, corpus, reference):
-    run = start(tmp_path, corpus, launcher=("--standalone", "--max-restarts=2"))
-    wait_for_line(run, "step 7 |")
-    os.kill(worker_pid(run, 1), signal.SIGKILL)
-    code, out, err = finish(run)
-    assert code == 0, err[-3000:]
-    assert "resumed from step" in out
-    assert_bit_identical(final_parameters(tmp_path), reference)
+def stopped_after_four_steps(reference_folder, to):
+    """A folder as a run of two ranks ended by --max_steps 4 leaves it: the reference run's checkpoints of steps 2
+    and 4 and its tokenizers (the run computes the same steps whatever --max_steps says)."""
+    to.mkdir()
+    for name in ("ckpt_00000002.pt", "ckpt_00000002.done", "ckpt_00000004.pt", "ckpt_00000004.done",
+                 "tokenizer_en.json", "tokenizer_it.json"):
+        shutil.copy(reference_folder / name, to / name)
+    return to
 
 
-def test_two_agents_restart_together_after_a_worker_dies_and_end_bit_identical(tmp_path, corpus, reference):
-    """Two torchrun agents (c10d rendezvous) as on two nodes: one worker is killed, both agents start a new round,
-    and each new worker resumes by itself."""
-    port = free_port()
-    launcher = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=two-nodes",
-                "--max-restarts=2")
-    agents = [start(tmp_path, corpus, nproc=1, launcher=launcher) for _ in range(2)]
-    holder = first_to_print(agents, "step 7 |")  # the agent of global rank 0, which alone prints
-    other = agents[1 - agents.index(holder)]
-    os.kill(worker_pid(other, 1), signal.SIGKILL)
+def test_two_agents_restart_together_after_the_writer_dies_mid_save_and_a_worker_mid_run_and_end_bit_identical(
+        tmp_path, toy_corpus, reference):
+    """Two torchrun agents (c10d rendezvous, --max-restarts) as on two nodes that do not share a drive: the worker
+    of each is given the --model_folder of its global rank (tests/folder_of_rank.py), and global rank 0 alone writes.
+    Two deaths, after each of which both agents start a new round whose workers resume by themselves, through rank
+    0: the writer (rank 0) killed while its checkpoint of step 6 is written but not committed (the next round resumes
+    from step 4), then rank 1 killed in the middle of a run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = {"FOLDER_OF_RANK_0": str(a), "FOLDER_OF_RANK_1": str(b),
+           "TRAINER_TEST_PAUSE_IN_SAVE": f"6:{tmp_path / 'paused-once'}"}
+    store = host_store()
+    launcher = (*c10d_rendezvous(store, "two-nodes"), "--max-restarts=3")
+    agents = [start(tmp_path / "unused", toy_corpus, nproc=1, launcher=launcher, script="tests/folder_of_rank.py",
+                    env=env) for _ in range(2)]
+    printed = first_to_print(agents, "paused in save of step 6")  # by global rank 0, which alone prints
+    assert (a / "ckpt_00000006.pt").exists() and not (a / "ckpt_00000006.done").exists()
+    os.kill(worker_pid(agents, 0), signal.SIGKILL)
+    printed += first_to_print(agents, "step 7 |")  # the first round never got past step 6
+    os.kill(worker_pid(agents, 1), signal.SIGKILL)
     results = [finish(agent) for agent in agents]
     assert all(code == 0 for code, _, _ in results), results[0][2][-3000:] + results[1][2][-3000:]
-    assert "resumed from step" in "".join(out for _, out, _ in results)
-    assert_bit_identical(final_parameters(tmp_path), reference)
+    printed += "".join(out for _, out, _ in results)
+    assert "ckpt_00000006.pt: incomplete" in "".join(err for _, _, err in results)
+    resumed = sorted(int(step) for step in re.findall(r"^resumed from step (\d+)", printed, re.M))
+    assert len(resumed) == 2 and resumed[0] == 4 and resumed[1] >= 6, resumed
+    assert_bit_identical(final_parameters(a), reference)
+    assert not b.exists() and not (tmp_path / "unused").exists()
 
 
-def test_writer_killed_mid_save_resumes_from_the_previous_checkpoint_bit_identical(tmp_path, corpus, reference):
-    folder = tmp_path / "w"
-    hook = {"TRAINER_TEST_PAUSE_IN_SAVE": f"6:{tmp_path / 'paused-once'}"}
-    run = start(folder, corpus, launcher=("--standalone", "--max-restarts=1"), env=hook)
-    wait_for_line(run, "paused in save of step 6")
-    assert (folder / "ckpt_00000006.pt").exists() and not (folder / "ckpt_00000006.done").exists()
-    os.kill(worker_pid(run, 0), signal.SIGKILL)
-    code, out, err = finish(run)
-    assert code == 0, err[-3000:]
-    assert "resumed from step 4" in out and "ckpt_00000006.pt: incomplete" in err
-    assert_bit_identical(final_parameters(folder), reference)
-
-
-def test_resume_with_fewer_ranks_continues_at_the_same_global_sample(tmp_path, corpus):
-    code, _, err = finish(start(tmp_path, corpus, extra=["--max_steps", "4"]))
-    assert code == 0, err[-3000:]
-    before = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path))[-1][1])
+def test_resume_with_fewer_ranks_continues_at_the_same_global_sample(tmp_path, toy_corpus, reference_folder, capsys):
+    folder = stopped_after_four_steps(reference_folder, tmp_path / "w")
+    before = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
     assert (before["step"], before["epoch_sample"]) == (4, 4 * 2 * 16)
-    code, out, err = finish(start(tmp_path, corpus, nproc=1, extra=["--max_steps", "6"]))
-    assert code == 0, err[-3000:]
+    train.main([*MODEL, "--data_files", toy_corpus, "--model_folder", str(folder), "--max_steps", "6"])  # one rank
+    out = capsys.readouterr().out
     assert "world size 1" in out and "resumed from step 4 (epoch 0, 128 samples into it)" in out
-    after = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(tmp_path))[-1][1])
+    after = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
     assert (after["step"], after["epoch_sample"]) == (6, 128 + 2 * 16)  # one rank: 16 samples a step
 
 
-def test_nodes_with_different_folders_resume_through_rank_0_or_stop_clearly(tmp_path, corpus):
-    """Two agents with static ranks, each given its own --model_folder as if the drive were not shared."""
-    a, b = tmp_path / "a", tmp_path / "b"
-
-    def two_nodes(folder_of_rank0, folder_of_rank1, max_steps):
-        port = free_port()
-        agents = [start(folder, corpus, nproc=1, extra=["--max_steps", str(max_steps)],
-                        launcher=("--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1",
-                                  f"--master_port={port}"))
-                  for rank, folder in enumerate((folder_of_rank0, folder_of_rank1))]
-        return [finish(agent) for agent in agents]
-
-    results = two_nodes(a, b, 4)
-    assert all(code == 0 for code, _, _ in results), results[1][2][-3000:]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not b.exists()
-
-    results = two_nodes(b, a, 6)  # rank 0 now sees an empty folder, rank 1 sees step 4
+def test_nodes_with_different_folders_stop_clearly_when_rank_0_sees_no_checkpoint_where_another_does(
+        tmp_path, toy_corpus, reference_folder):
+    """Two agents, the worker of each given its own --model_folder by its global rank (tests/folder_of_rank.py), as
+    if the drive were not shared: rank 0 sees an empty folder, rank 1 one with a checkpoint of step 4. (Resuming
+    through rank 0 when rank 1 sees no checkpoint is the two-agent restart test's.)"""
+    a, b = stopped_after_four_steps(reference_folder, tmp_path / "a"), tmp_path / "b"
+    store = host_store()
+    folders = {"FOLDER_OF_RANK_0": str(b), "FOLDER_OF_RANK_1": str(a)}
+    agents = [start(tmp_path / "unused", toy_corpus, nproc=1, extra=["--max_steps", "6"],
+                    launcher=c10d_rendezvous(store, "folders"), script="tests/folder_of_rank.py", env=folders)
+              for _ in range(2)]
+    results = [finish(agent) for agent in agents]
     assert all(code != 0 for code, _, _ in results)
     for _, _, err in results:
         assert "error: --model_folder" in err and "sees checkpoint step 4 but global rank 0 sees none" in err
-    assert [s for s, _ in checkpoint.list_checkpoints(str(a))] == [2, 4] and not b.exists()  # nothing written
-
-    results = two_nodes(a, b, 6)  # rank 0 reads its folder and broadcasts: rank 1 needs none
-    assert all(code == 0 for code, _, _ in results), results[1][2][-3000:]
-    assert "resumed from step 4" in results[0][1]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(a))][-1] == 6
+    assert checkpoint_steps(a) == [2, 4] and not b.exists()  # nothing written
 
 
-@pytest.mark.parametrize("signal_to_group", [signal.SIGTERM, signal.SIGINT])
-def test_torchrun_stopped_by_a_signal_with_data_workers_saves_every_rank_exits_0_and_resumes_bit_identical(
-        tmp_path, corpus, reference, signal_to_group):
-    """SIGTERM to torchrun's process group (spot preemption, docker stop, `kill -- -PGID`), or Ctrl-C: torchrun
-    forwards SIGTERM to each worker's process group, DataLoader workers included."""
-    folder, statuses = tmp_path / "w", tmp_path / "statuses"
+def stopped_run(folder, corpus, statuses, when: str, stop) -> tuple[str, str, int]:
+    """A run of two ranks, each with two DataLoader workers (through tests/exit_status.py), given `stop(run)` once it
+    prints a line starting with `when`: (stdout, stderr, the step it saved), after checking every rank exited 0."""
     statuses.mkdir()
     run = start(folder, corpus, extra=["--num_workers", "2"], script="tests/exit_status.py",
                 env={"EXIT_STATUS_DIR": str(statuses)})
-    wait_for_line(run, "step 3 |")
-    os.killpg(run.pid, signal_to_group)
+    before = wait_for_line(run, when)
+    stop(run)
     _, out, err = finish(run, timeout=60)
+    out = "".join(before) + out
     assert sorted(os.listdir(statuses)) == ["rank0", "rank1"], err[-3000:]
     assert [(statuses / f"rank{r}").read_text() for r in (0, 1)] == ["0", "0"], err[-3000:]
-    assert "DataLoader worker" not in err and f"stop requested ({signal_to_group.name})" in out
-    stopped_at = checkpoint.list_checkpoints(str(folder))[-1][0]
-    assert 3 <= stopped_at < STEPS and f"checkpoint of step {stopped_at} committed" in out
-    if signal_to_group == signal.SIGTERM:
-        code, out, err = finish(start(folder, corpus, extra=["--num_workers", "2"]))
-        assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
-        assert_bit_identical(final_parameters(folder), reference)
+    return out, err, checkpoint.list_checkpoints(str(folder))[-1][0]
 
 
-def stop_python_run(folder, corpus, extra: list[str], when: str, sig: signal.Signals) -> tuple[str, int]:
-    """A `python train.py` run signalled, with its whole process group, once it prints a line starting with `when`:
-    its output and the step it saved, after checking it exited 0."""
-    run = start(folder, corpus, extra=extra, python_only=True)
-    wait_for_line(run, when)
-    os.killpg(run.pid, sig)
+def test_stopped_by_sigterm_to_one_rank_or_by_signals_to_the_group_every_rank_exits_0_and_resumes_bit_identical(
+        tmp_path, toy_corpus, reference):
+    """One run stopped three times, each time resumed: by SIGTERM to rank 1 alone (rank 0 must learn it through the
+    group), then by Ctrl-C and by SIGTERM to torchrun's process group (spot preemption, docker stop,
+    `kill -- -PGID`: torchrun forwards SIGTERM to each worker's process group, DataLoader workers included)."""
+    folder = tmp_path / "w"
+    out, _, stopped_at = stopped_run(folder, toy_corpus, tmp_path / "statuses-1", "step 3 |",
+                                     lambda run: os.kill(worker_pid([run], 1), signal.SIGTERM))
+    assert "stop requested (on another rank)" in out
+    assert 3 <= stopped_at < STEPS and f"saved {folder}/ckpt_{stopped_at:08d}.pt" in out
+    for attempt, sig in enumerate((signal.SIGINT, signal.SIGTERM), start=2):
+        before = stopped_at
+        out, err, stopped_at = stopped_run(folder, toy_corpus, tmp_path / f"statuses-{attempt}",
+                                           f"step {before + 2} |", lambda run: os.killpg(run.pid, sig))
+        assert f"resumed from step {before}" in out
+        assert "DataLoader worker" not in err and f"stop requested ({sig.name})" in out
+        assert before + 2 <= stopped_at < STEPS and f"checkpoint of step {stopped_at} committed" in out
+    code, out, err = finish(start(folder, toy_corpus, extra=["--num_workers", "2"]))
+    assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
+    assert_bit_identical(final_parameters(folder), reference)
+
+
+def test_ctrl_c_on_a_python_run_with_data_workers_skips_a_due_evaluation_saves_and_exits_0(tmp_path, toy_corpus):
+    """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once. Every step is an evaluation
+    step here: after the signal, none runs before the checkpoint."""
+    run = start(tmp_path, toy_corpus, extra=["--num_workers", "2", "--eval_every", "1"], python_only=True)
+    wait_for_line(run, "step 3 | val loss")
+    os.killpg(run.pid, signal.SIGINT)
     code, out, err = finish(run, timeout=60)
     assert code == 0, err[-3000:]
-    stopped_at = checkpoint.list_checkpoints(str(folder))[-1][0]
-    assert f"stop requested ({sig.name})" in out and f"checkpoint of step {stopped_at} committed" in out
-    return out, stopped_at
-
-
-def test_ctrl_c_on_a_python_run_with_data_workers_saves_and_exits_0(tmp_path, corpus):
-    """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once."""
-    stop_python_run(tmp_path, corpus, ["--num_workers", "2"], "step 3 |", signal.SIGINT)
-
-
-def test_a_stop_skips_a_due_evaluation_and_goes_straight_to_the_checkpoint(tmp_path, corpus):
-    """Every step is an evaluation step here: after the signal, none runs before the checkpoint."""
-    out, stopped_at = stop_python_run(tmp_path, corpus, ["--eval_every", "1"], "step 3 | val loss", signal.SIGTERM)
+    stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
+    assert "stop requested (SIGINT)" in out and f"checkpoint of step {stopped_at} committed" in out
     lines = out.splitlines()
-    stop = next(i for i, line in enumerate(lines) if line.startswith("stop requested (SIGTERM)"))
+    stop = next(i for i, line in enumerate(lines) if line.startswith("stop requested (SIGINT)"))
     assert f"step {stopped_at} | val loss" not in out  # the step the stop was agreed at was not evaluated
     assert not any("val loss" in line for line in lines[stop:])

@@ -6,12 +6,11 @@ import os
 import pickle
 import time
 
+import pytest
 import torch
-import torch.multiprocessing as mp
 
 import distributed
-from conftest import free_port
-from test_runtime import CUDA13_BUILD, fake_gpu
+from helpers import CUDA13_BUILD, fake_gpu, join_as_rank, spawn_ranks
 
 
 def test_a_gpu_run_has_one_group_with_gloo_for_cpu_tensors_and_nccl_for_cuda_ones(monkeypatch):
@@ -44,8 +43,8 @@ def test_gloo_takes_its_interface_from_nccls_when_only_that_is_given():
 
 
 def _four_ranks_on_two_nodes(rank: int, port: int, out_dir: str):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank % 2), WORLD_SIZE="4",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_SOCKET_IFNAME="lo")
+    join_as_rank(port, rank, 4, local_rank=rank % 2)
+    os.environ["NCCL_SOCKET_IFNAME"] = "lo"
     os.environ.pop("GLOO_SOCKET_IFNAME", None)
     info = distributed.init_distributed(timeout_s=3.0)  # collectives give up after 3 s
     try:
@@ -85,15 +84,18 @@ def _four_ranks_on_two_nodes(rank: int, port: int, out_dir: str):
         distributed.destroy_distributed()
 
 
+@pytest.mark.e2e
 def test_rank_0_work_outlasts_dist_timeout_caches_fill_per_node_and_checkpoints_travel_tensor_by_tensor(tmp_path):
-    mp.start_processes(_four_ranks_on_two_nodes, args=(free_port(), str(tmp_path)), nprocs=4, start_method="spawn")
+    spawn_ranks(_four_ranks_on_two_nodes, 4, str(tmp_path))
     reports = [torch.load(tmp_path / f"report{rank}.pt") for rank in range(4)]
     assert all(r["gloo_interface"] == "lo" for r in reports)
     assert all(r["run_on_main"] == "tokenizers" for r in reports)  # 5 s of rank-0 work under a 3 s timeout
-    # Rank 0 first; then node 1's local rank 0 (rank 2), then each node's other ranks after their node's first.
-    assert reports[0]["seen_before_preparing"] == []
-    assert reports[2]["seen_before_preparing"] == ["prepared-0"]
-    assert "prepared-0" in reports[1]["seen_before_preparing"]
-    assert {"prepared-0", "prepared-2"} <= set(reports[3]["seen_before_preparing"])
+    # What main_first promises: rank 0 first; then node 1's local rank 0 (rank 2), and each node's other ranks after
+    # their node's first (rank 1 after rank 0, rank 3 after rank 2). Nothing orders rank 1 against node 1's ranks.
+    seen = [set(r["seen_before_preparing"]) for r in reports]
+    assert seen[0] == set()
+    assert "prepared-0" in seen[1]
+    assert "prepared-0" in seen[2] and "prepared-3" not in seen[2]
+    assert {"prepared-0", "prepared-2"} <= seen[3]
     assert all(r["checkpoint_equal"] for r in reports)
     assert all(r["largest_object_broadcast"] < 4096 for r in reports)  # the 1 MB of tensors did not go pickled

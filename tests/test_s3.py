@@ -3,8 +3,10 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -13,24 +15,26 @@ import checkpoint
 import corpus as corpora
 from config import parse_config, validate
 from errors import UserError
-from conftest import TINY_MODEL, free_port, toy_pairs, torchrun
+from helpers import TINY_MODEL, toy_pairs, torchrun
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """moto's S3 server on a free local port; ready once it prints the address it serves on."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    """moto's S3 server on a port it binds itself (port 0: the system's choice); ready once it prints the address
+    it serves on."""
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for line in server.stderr:  # werkzeug announces "Running on http://127.0.0.1:PORT" when it listens
-            if f"127.0.0.1:{port}" in line:
+            if listening := re.search(r"Running on (http://127\.0\.0\.1:\d+)", line):
                 break
         else:
             raise AssertionError(f"moto's server exited with code {server.wait()} before listening")
-        yield f"http://127.0.0.1:{port}"
+        # It logs every request there: read on, or a full pipe would stop it.
+        threading.Thread(target=server.stderr.read, daemon=True).start()
+        yield listening.group(1)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -92,6 +96,7 @@ def test_checkpoints_need_a_mounted_folder():
         validate(parse_config(["--model_folder", "s3://bucket/weights"]))
 
 
+@pytest.mark.e2e
 def test_two_ranks_train_streaming_from_s3(bucket, s3_server, tmp_path):
     name, _ = bucket
     folder = tmp_path / "weights"

@@ -2,6 +2,7 @@
 same number of steps on every rank when shards differ in length."""
 
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import corpus as corpora
 import tokenizer as tok
 from config import parse_config, validate
 from errors import UserError
-from conftest import TINY_MODEL, toy_pairs, torchrun, write_jsonl
+from helpers import TINY_MODEL, toy_pairs, torchrun, write_jsonl
 
 
 def numbered_pairs(n: int) -> list[tuple[str, str]]:
@@ -100,28 +101,32 @@ def test_streaming_settings_that_cannot_work_name_the_flag(args, flag):
     assert str(e.value).startswith(flag)
 
 
+@pytest.mark.e2e
 def test_uneven_shards_end_every_epoch_together_and_resume_bit_identical(tmp_path):
     """Two files of 300 and 100 pairs on two ranks: the rank of the small one runs out first, every epoch, and
-    every rank ends the epoch there: no rank waits alone. A run stopped mid-epoch and resumed ends exactly where an
-    uninterrupted one does (dropout on: the RNG streams resume too)."""
+    every rank ends the epoch there: no rank waits alone. A run resumed from its checkpoint in the middle of an epoch
+    ends exactly where the uninterrupted one does (dropout on: the RNG streams resume too)."""
     pairs = toy_pairs(400)
     write_jsonl(tmp_path / "big.jsonl", pairs[:300])
     write_jsonl(tmp_path / "small.jsonl", pairs[300:])
     held_out = set(pairs[:40])  # --valid_size 20 + --test_size 20, from the start of the stream
     steps_per_epoch = len([p for p in pairs[300:] if p not in held_out]) // 16
+    mid_epoch = steps_per_epoch + 2
     args = [*TINY_MODEL, "--data_files", str(tmp_path / "*.jsonl"), "--streaming", "--shuffle_buffer", "40",
             "--dropout", "0.2", "--valid_size", "20", "--test_size", "20", "--eval_every", "1000",
-            "--save_every", "4", "--num_epochs", "3", "--beam_size", "1"]
+            "--save_every", str(mid_epoch), "--keep_last", "10", "--num_epochs", "3", "--beam_size", "1"]
     uninterrupted = torchrun(2, [*args, "--max_steps", "14", "--model_folder", str(tmp_path / "a")],
                              extra=["--standalone"])
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     saved = [step for step, _ in checkpoint.list_checkpoints(str(tmp_path / "a"))]
     assert steps_per_epoch in saved and 2 * steps_per_epoch in saved and saved[-1] == 14  # epoch ends are saved
-    for max_steps in (steps_per_epoch + 2, 14):
-        part = torchrun(2, [*args, "--max_steps", str(max_steps), "--model_folder", str(tmp_path / "b")],
-                        extra=["--standalone"])
-        assert part.returncode == 0, part.stderr[-3000:]
-    assert f"resumed from step {steps_per_epoch + 2} (epoch 1, stream positions restored)" in part.stdout
+    # The run as if stopped at its mid-epoch checkpoint, then started again.
+    (tmp_path / "b").mkdir()
+    for name in (f"ckpt_{mid_epoch:08d}.pt", f"ckpt_{mid_epoch:08d}.done", "tokenizer_en.json", "tokenizer_it.json"):
+        shutil.copy(tmp_path / "a" / name, tmp_path / "b" / name)
+    part = torchrun(2, [*args, "--max_steps", "14", "--model_folder", str(tmp_path / "b")], extra=["--standalone"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert f"resumed from step {mid_epoch} (epoch 1, stream positions restored)" in part.stdout
     a = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "a"), 14))
     b = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "b"), 14))
     assert a["epoch"] == b["epoch"] == 14 // steps_per_epoch
