@@ -242,6 +242,15 @@ def parse_duration(text: str) -> float:
     return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
+def duration_text(seconds: float) -> str:
+    """42s, 3m05s, 1h02m, 2d03h: two units at most, as parse_duration reads them."""
+    seconds = int(round(seconds))
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // smaller_size:02d}{smaller}"
+    return f"{seconds}s"
+
+
 def max_time_seconds(cfg: "Config") -> float:
     """--max_time in seconds; infinite when unset."""
     return math.inf if cfg.max_time is None else parse_duration(cfg.max_time)

@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS COMMAND...: run, time, keep the log, note the exit
 # 1. The quick start on one GPU, end to end (4 epochs, validations, test scoring): goal <= 60 s.
 step quickstart 120 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" \
     --wandb_mode disabled
-grep -E "compiled|^step [0-9]+ \| loss|BLEU|^test|done" "$out/quickstart.log" | tail -12 >> "$summary"
+grep -E "compiled|^step [0-9]+(/[0-9]+)? \| loss|BLEU|^test|done" "$out/quickstart.log" | tail -12 >> "$summary"
 # 2. The same command again: it resumes and has nothing left to train.
 step resume 40 torchrun --standalone --nproc_per_node=1 train.py --model_folder "$folder/quick" --wandb_mode disabled
 grep -E "resumed|done" "$out/resume.log" >> "$summary"
@@ -37,7 +37,7 @@ tail -2 "$out/translate.log" >> "$summary"
 # 4. FSDP in bf16 on one GPU against DDP's step time (goal: within 1.5x).
 step fsdp 60 torchrun --standalone --nproc_per_node=1 train.py --strategy fsdp --max_steps 300 --log_every 50 \
     --eval_every 100000 --model_folder "$folder/fsdp" --wandb_mode disabled
-grep -E "compiled|^step [0-9]+ \| loss|ms/step" "$out/fsdp.log" | tail -4 >> "$summary"
+grep -E "compiled|^step [0-9]+(/[0-9]+)? \| loss|ms/step" "$out/fsdp.log" | tail -4 >> "$summary"
 # 5. fp16 with a GradScaler (the P4000/V100 path) and an overflow forced at step 30: that step is skipped, the
 #    loss scale halved, and training goes on ("done: 60 steps, 1 skipped", finite losses after step 30).
 step fp16 40 env TRAINER_TEST_OVERFLOW_AT_STEP=30 torchrun --standalone --nproc_per_node=1 train.py \

@@ -32,8 +32,8 @@ import parallel
 import perf
 import runtime
 import tokenizer
-from config import (Config, gpu_token_budget, max_time_seconds, model_config, parse_config, resolve_defaults,
-                    to_dict, validate)
+from config import (Config, duration_text, gpu_token_budget, max_time_seconds, model_config, parse_config,
+                    resolve_defaults, to_dict, validate)
 from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sample
 from distributed import (DistInfo, LateAgreement, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
@@ -410,8 +410,10 @@ class MetricsLog:
     """What the loop reports: the progress bar (rank 0, on a terminal), the window of steps since the last metrics
     line, and the line itself, also written to metrics.jsonl and W&B."""
 
-    def __init__(self, total_steps: int | float, first_step: int, peak: float, info: DistInfo, monitor: RunMonitor):
+    def __init__(self, parts: ModelParts, first_step: int, peak: float, info: DistInfo, monitor: RunMonitor):
         self.peak, self.info, self.monitor = peak, info, monitor
+        self.total_steps, self.budget = parts.total_steps, parts.budget
+        total_steps = parts.total_steps
         self.progress = tqdm(total=total_steps if math.isfinite(total_steps) else None, initial=first_step,
                              desc="train", dynamic_ncols=True,
                              disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
@@ -432,9 +434,19 @@ class MetricsLog:
         metrics = window_metrics(self.window, last, scheduler, self.peak, self.info)
         metrics["train/epoch"], metrics["train/skipped_steps"] = epoch, int(skipped_steps.item())
         self.progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        log.info(metrics_line(step, metrics, self.peak))
+        log.info(metrics_line(step, metrics, self.peak, self.total_steps, self.eta_s(step, metrics["train/step_ms"])))
         self.monitor.log(step, metrics)
         self.window = Window.new(self.info.device)
+
+    def eta_s(self, step: int, step_ms: float) -> float | None:
+        """Seconds of training left at this pace: by the steps left (of --max_steps or the epochs), or by what is
+        left of --max_time, whichever ends first; None when neither is known (a stream without --max_time)."""
+        left = []
+        if math.isfinite(self.total_steps):
+            left.append((self.total_steps - step) * step_ms / 1000)
+        if math.isfinite(self.budget.budget_s):
+            left.append(max(self.budget.budget_s - self.budget.spent(), 0.0))
+        return min(left) if left else None
 
     def close(self) -> None:
         self.progress.close()
@@ -529,7 +541,7 @@ class Run:
         state, parts = self.state, self.parts
         parts.raw_model.train()
         self.stop, self.agree = StopSignal(), LateAgreement()
-        self.metrics = MetricsLog(parts.total_steps, state.step, self.peak, self.info, self.monitor)
+        self.metrics = MetricsLog(parts, state.step, self.peak, self.info, self.monitor)
         while state.step < parts.total_steps and state.epoch < self.cfg.num_epochs and self.ending is None:
             self.run_epoch()
         self.agree.close()
@@ -644,14 +656,18 @@ class Run:
         log.info(f"done: {state.step} steps, {int(self.skipped_steps.item())} skipped")
 
 
-def metrics_line(step: int, metrics: dict, peak: float) -> str:
+def metrics_line(step: int, metrics: dict, peak: float, total_steps: int | float, eta_s: float | None) -> str:
+    """`step N/T | loss ... | ETA 1h02m | 12-01 06:35:01`: the step of the total when known, the time left when
+    known, and the wall-clock time of the line."""
     mfu = f"{metrics['train/mfu']:.1%}" if peak else "n/a (--peak_tflops)"
     norm = "n/a" if math.isnan(metrics["train/grad_norm"]) else f"{metrics['train/grad_norm']:.2f}"
-    line = (f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm {norm} | "
+    of = f"/{total_steps}" if math.isfinite(total_steps) else ""
+    eta = "" if eta_s is None else f" | ETA {duration_text(eta_s)}"
+    line = (f"step {step}{of} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | grad norm {norm} | "
             f"{metrics['train/tokens_per_s']:.0f} tok/s "
             f"({metrics['train/tokens_per_s_per_device']:.0f} per device) | padding eff "
             f"{metrics['train/padding_efficiency']:.0%} | {metrics['train/step_ms']:.0f} ms/step | MFU {mfu} | "
-            f"peak mem {metrics['train/peak_mem_gb']:.2f} GB")
+            f"peak mem {metrics['train/peak_mem_gb']:.2f} GB{eta} | {time.strftime('%m-%d %H:%M:%S')}")
     if metrics["train/skipped_steps"]:
         line += f"\n  {metrics['train/skipped_steps']} steps skipped so far for a non-finite loss or gradient"
     return line

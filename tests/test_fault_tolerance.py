@@ -19,7 +19,7 @@ import checkpoint
 import train
 from helpers import ROOT, TINY_MODEL, c10d_rendezvous, checkpoint_steps, child_env, host_store
 
-pytestmark = pytest.mark.e2e  # every test here launches runs of train.py and stops, kills or restarts them
+pytestmark = pytest.mark.e2e  # every test here needs runs of train.py launched, then stopped, killed or restarted
 
 STEPS = 30
 MODEL = [*TINY_MODEL, "--d_model", "64", "--d_ff", "128", "--dropout", "0.2", "--log_every", "1",
@@ -169,7 +169,7 @@ def test_two_agents_restart_together_after_the_writer_dies_mid_save_and_a_worker
     printed = first_to_print(agents, "paused in save of step 6")  # by global rank 0, which alone prints
     assert (a / "ckpt_00000006.pt").exists() and not (a / "ckpt_00000006.done").exists()
     os.kill(worker_pid(agents, 0), signal.SIGKILL)
-    printed += first_to_print(agents, "step 7 |")  # the first round never got past step 6
+    printed += first_to_print(agents, "step 7/")  # the first round never got past step 6
     os.kill(worker_pid(agents, 1), signal.SIGKILL)
     results = [finish(agent) for agent in agents]
     assert all(code == 0 for code, _, _ in results), results[0][2][-3000:] + results[1][2][-3000:]
@@ -231,14 +231,14 @@ def test_stopped_by_sigterm_to_one_rank_or_by_signals_to_the_group_every_rank_ex
     group), then by Ctrl-C and by SIGTERM to torchrun's process group (spot preemption, docker stop,
     `kill -- -PGID`: torchrun forwards SIGTERM to each worker's process group, DataLoader workers included)."""
     folder = tmp_path / "w"
-    out, _, stopped_at = stopped_run(folder, toy_corpus, tmp_path / "statuses-1", "step 3 |",
+    out, _, stopped_at = stopped_run(folder, toy_corpus, tmp_path / "statuses-1", "step 3/",
                                      lambda run: os.kill(worker_pid([run], 1), signal.SIGTERM))
     assert "stop requested (on another rank)" in out
     assert 3 <= stopped_at < STEPS and f"saved {folder}/ckpt_{stopped_at:08d}.pt" in out
     for attempt, sig in enumerate((signal.SIGINT, signal.SIGTERM), start=2):
         before = stopped_at
         out, err, stopped_at = stopped_run(folder, toy_corpus, tmp_path / f"statuses-{attempt}",
-                                           f"step {before + 2} |", lambda run: os.killpg(run.pid, sig))
+                                           f"step {before + 2}/", lambda run: os.killpg(run.pid, sig))
         assert f"resumed from step {before}" in out
         assert "DataLoader worker" not in err and f"stop requested ({sig.name})" in out
         assert before + 2 <= stopped_at < STEPS and f"checkpoint of step {stopped_at} committed" in out

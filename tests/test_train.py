@@ -386,3 +386,13 @@ def test_a_forced_overflow_in_a_run_is_skipped_counted_and_training_goes_on(tmp_
     assert "1 steps skipped so far for a non-finite loss or gradient" in out and "done: 6 steps, 1 skipped" in out
     losses = [m["train/loss"] for m in metrics(tmp_path / "w") if "train/loss" in m]
     assert len(losses) == 3 and all(map(math.isfinite, losses))
+
+
+def test_the_metrics_line_says_the_step_of_the_total_the_time_left_and_the_time(tmp_path, toy_corpus, capsys):
+    code, out, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size",
+                                     "20", "--model_folder", str(tmp_path / "w"), "--max_steps", "6"], capsys)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if re.match(r"step \d+/6 \| loss", line)]
+    assert [line.split("/")[0] for line in lines] == ["step 2", "step 4", "step 6"]
+    assert all(re.search(r"\| ETA \d+s \| \d\d-\d\d \d\d:\d\d:\d\d$", line) for line in lines), lines
+    assert lines[-1].split("| ETA ")[1].startswith("0s")  # nothing left at the last step
