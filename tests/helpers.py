@@ -10,6 +10,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import checkpoint
+from model import ModelConfig, Transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +28,7 @@ OFFLINE_ENV = {"WANDB_MODE": "disabled", "WANDB_ERROR_REPORTING": "false", "WAND
 TINY_MODEL = ["--d_model", "32", "--num_layers", "1", "--num_heads", "2", "--d_ff", "64", "--vocab_size", "400",
               "--batch_size", "16", "--eval_max_sentences", "16", "--log_every", "2", "--warmup_steps", "2",
               "--precision", "fp32"]
+
 
 def write_jsonl(path, pairs, src="en", tgt="it") -> str:
     with open(path, "w", encoding="utf-8") as f:
@@ -106,8 +111,6 @@ def two_agents(run_id: str, train_args: list[list[str]], timeout: float = 240) -
 def spawn_ranks(worker, nprocs: int, *args) -> None:
     """`worker(rank, port, *args)` in `nprocs` spawned processes that call `join_as_rank(port, ...)` first. The store
     they meet on is served here until all have ended."""
-    import torch.multiprocessing as mp
-
     store = host_store()
     mp.start_processes(worker, args=(store.port, *args), nprocs=nprocs, start_method="spawn")
 
@@ -127,9 +130,7 @@ def join_as_rank(port: int, rank: int, world_size: int, local_rank: int | None =
 
 # --- A small network, untrained, for what the model and decoding must do whatever the weights.
 
-def tiny_model(dropout=0.0, **overrides):
-    from model import ModelConfig, Transformer
-
+def tiny_model(dropout=0.0, **overrides) -> Transformer:
     torch.manual_seed(0)
     cfg = dict(src_vocab_size=50, tgt_vocab_size=60, d_model=32, num_heads=4, num_layers=2, d_ff=64,
                dropout=dropout, max_len=64, pad_id=0)
@@ -165,8 +166,6 @@ def fake_gpu(monkeypatch, capability, arch_list, name="Quadro P4000") -> list[st
 # --- What a run left in its model folder.
 
 def checkpoint_steps(folder) -> list[int]:
-    import checkpoint
-
     return [step for step, _ in checkpoint.list_checkpoints(str(folder))]
 
 

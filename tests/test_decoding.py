@@ -61,7 +61,8 @@ def test_beam_search_of_size_one_is_greedy_and_length_penalty_favours_longer_out
     model.output.register_forward_hook(lambda module, inputs, output: output + eos_bias)
     src = torch.randint(4, 30, (16, 6))
     src[3, 4:] = PAD
-    assert torch.equal(decoding.beam_search(model, src, BOS, EOS, 30, beam_size=1), decoding.greedy_decode(model, src, BOS, EOS, 30))
+    assert torch.equal(decoding.beam_search(model, src, BOS, EOS, 30, beam_size=1),
+                       decoding.greedy_decode(model, src, BOS, EOS, 30))
 
     def mean_length(length_penalty):
         out = decoding.beam_search(model, src, BOS, EOS, 30, beam_size=5, length_penalty=length_penalty)
@@ -152,7 +153,8 @@ def test_preallocated_cache_decodes_like_the_uncached_model_in_beam_search():
     out = decoding.beam_search(model, src, BOS, EOS, 12, beam_size=3, length_penalty=0.0)
     best = decoding.beam_search(model, src, BOS, EOS, 12, beam_size=1)
     assert torch.equal(best, decoding.greedy_decode(model, src, BOS, EOS, 12, use_cache=False))
-    assert (decoding.sequence_log_prob(model, src, out, BOS, EOS) >= decoding.sequence_log_prob(model, src, best, BOS, EOS) - 1e-4).all()
+    assert (decoding.sequence_log_prob(model, src, out, BOS, EOS)
+            >= decoding.sequence_log_prob(model, src, best, BOS, EOS) - 1e-4).all()
 
 
 def test_beam_search_never_picks_a_hypothesis_cut_at_the_length_limit_over_one_that_ended():

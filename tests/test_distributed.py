@@ -89,16 +89,16 @@ TWO_RANK_RUNS = {
 
 
 def _two_ranks(rank: int, port: int, out_dir: str):
-    """Every run of TWO_RANK_RUNS, then FSDP's building and evaluation copies, then a crash in rank 0's part (last:
-    it leaves the group usable, but nothing after it should depend on that)."""
+    """Every run of TWO_RANK_RUNS, then FSDP's building and evaluation copies, and last a crash in rank 0's part:
+    each rank's report of them all."""
+    import torch._dynamo
+
     join_as_rank(port, rank, 2)
     info = init_distributed(timeout_s=600.0)
     try:
         report = {}
         for name, (strategy, accum, compile_model, poison_rank) in TWO_RANK_RUNS.items():
             if compile_model:
-                import torch._dynamo
-
                 torch._dynamo.reset()  # each compiled run compiles as in a process of its own
             state, skipped = train_a_few_steps(info, accum, poison_rank, strategy, compile_model)
             report[name] = {"state": state, "skipped": skipped}
@@ -115,7 +115,7 @@ def _two_ranks(rank: int, port: int, out_dir: str):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
-    """Each rank's report of `_two_ranks`."""
+    """The reports of `_two_ranks`, by rank: one start-up of two processes for all these tests."""
     out = tmp_path_factory.mktemp("two_ranks")
     spawn_ranks(_two_ranks, 2, str(out))
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]

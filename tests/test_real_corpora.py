@@ -1,5 +1,6 @@
 """Tests for the corpus builder from gettext catalogs (real_corpora.py), on .mo files written here, offline."""
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -8,8 +9,7 @@ from pathlib import Path
 import pytest
 
 import real_corpora as rc
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 HEADER = (b"", b"Project-Id-Version: demo 1.0\nLanguage: it\n"
                b"Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=2; plural=(n != 1);\n")
@@ -133,7 +133,8 @@ def test_cli_on_a_locale_tree(tmp_path):
         (locale / lang / "LC_MESSAGES").mkdir(parents=True, exist_ok=True)
         write_mo(locale / lang / "LC_MESSAGES" / name, ENTRIES)
     (locale / "fr" / "LC_MESSAGES").mkdir(parents=True)  # a language without catalogs
-    cli = [sys.executable, str(ROOT / "real_corpora.py"), "--locale_dir", str(locale), "--out", str(tmp_path / "c")]
+    cli = [sys.executable, os.path.join(ROOT, "real_corpora.py"), "--locale_dir", str(locale), "--out",
+           str(tmp_path / "c")]
 
     done = subprocess.run(cli + ["--langs", "it,de"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -45,7 +45,8 @@ def test_training_ends_with_the_test_split_scored_by_the_best_checkpoint(trained
     match = re.search(r"test \(best checkpoint, step (\d+), beam 4, length penalty 1.0\): BLEU ([\d.]+)", out)
     assert match and float(match.group(2)) > 30, out[-2000:]
     summary = [json.loads(line) for line in open(folder / "metrics.jsonl") if '"test/bleu"' in line]
-    assert len(summary) == 1 and summary[0]["summary"] and summary[0]["test/bleu"] == pytest.approx(float(match.group(2)), abs=0.01)
+    assert len(summary) == 1 and summary[0]["summary"]
+    assert summary[0]["test/bleu"] == pytest.approx(float(match.group(2)), abs=0.01)
     assert summary[0]["test/checkpoint_step"] == int(match.group(1))
     assert [n for n in os.listdir(folder) if n.startswith("averaged_")]
     # translate.py decodes in the run's precision (--precision auto, resolved on this machine) and scores the same
