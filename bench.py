@@ -207,10 +207,10 @@ class TrainingRun:
     is wrapped in it."""
 
     def __init__(self, name: str, model: nn.Module, args, world_size: int = 1, rank: int = 0):
-        if args.compile:
-            compile_regions(model.module if isinstance(model, DistributedDataParallel) else model)
         self.name, self.model, self.args = name, model, args
         self.raw_model = model.module if isinstance(model, DistributedDataParallel) else model
+        if args.compile:
+            compile_regions(self.raw_model)
         self.raw_model.train()
         self.cfg = Config(d_model=args.d_model, grad_clip=1.0, label_smoothing=0.1, lr=1e-4)
         self.info = DistInfo(rank=rank, local_rank=0, world_size=world_size, device=args.device)

@@ -42,6 +42,7 @@ from errors import UserError
 from evaluation import evaluate
 from model import Transformer, count_parameters
 from optimization import StepResult, build_optimizer, lr_multiplier, train_step
+from progress import on_terminal
 from monitor import RunMonitor, new_run_id, setup_logging
 from storage import remove_stale_temporaries, replace_text
 from tokenizer import PAD_ID
@@ -413,10 +414,8 @@ class MetricsLog:
     def __init__(self, parts: ModelParts, first_step: int, peak: float, info: DistInfo, monitor: RunMonitor):
         self.peak, self.info, self.monitor = peak, info, monitor
         self.total_steps, self.budget = parts.total_steps, parts.budget
-        total_steps = parts.total_steps
-        self.progress = tqdm(total=total_steps if math.isfinite(total_steps) else None, initial=first_step,
-                             desc="train", dynamic_ncols=True,
-                             disable=not info.is_main or not sys.stderr.isatty())  # log lines suffice in files
+        self.progress = tqdm(total=self.total_steps if math.isfinite(self.total_steps) else None, initial=first_step,
+                             desc="train", dynamic_ncols=True, disable=not on_terminal())  # log lines suffice in files
         self.window = Window.new(info.device)
 
     def add(self, micro_batches: list[dict], result: StepResult, cfg: Config, tgt_vocab_size: int) -> None:
