@@ -1,8 +1,9 @@
 """The encoder-decoder Transformer, written from scratch: no I/O, no distributed code.
 
 Pre-norm blocks, sinusoidal positions, boolean masks handed to `F.scaled_dot_product_attention` (so nothing is
-filled with -1e9 and fp16 cannot overflow). The decoder layers read and extend a key/value cache when one is given;
-the cache and the search over outputs live in decoding.py.
+filled with -1e9 and fp16 cannot overflow). Under bf16 autocast the residual stream is bf16 from the embeddings to
+the logits, while the parameters (the optimizer's master weights) stay fp32: see `compute_dtype` and `LayerNorm`.
+The decoder layers read and extend a key/value cache when one is given; the cache and the search over outputs live in decoding.py.
 """
 
 import math
@@ -36,6 +37,24 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq)
     return table
+
+
+def compute_dtype(device_type: str) -> torch.dtype | None:
+    """bf16 when the caller runs the model under bf16 autocast: the dtype the residual stream is kept in. None
+    otherwise (fp32, and fp16 autocast, whose residual stream stays fp32 where fp16 would overflow)."""
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+        return torch.bfloat16
+    return None
+
+
+class LayerNorm(nn.LayerNorm):
+    """Layer norm in the dtype of its input. Autocast would compute it in fp32 and hand fp32 to the residual
+    stream, so every layer would cast in and out of bf16; here a bf16 input gives a bf16 output (the kernel still
+    accumulates its statistics in fp32), and the fp32 parameters are cast to it: two vectors, not activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 class Attention(nn.Module):
@@ -89,9 +108,9 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.norm_attn = nn.LayerNorm(c.d_model)
+        self.norm_attn = LayerNorm(c.d_model)
         self.attn = Attention(c.d_model, c.num_heads, c.dropout, cross=False)
-        self.norm_ff = nn.LayerNorm(c.d_model)
+        self.norm_ff = LayerNorm(c.d_model)
         self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.dropout = nn.Dropout(c.dropout)
 
@@ -103,11 +122,11 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.norm_self = nn.LayerNorm(c.d_model)
+        self.norm_self = LayerNorm(c.d_model)
         self.self_attn = Attention(c.d_model, c.num_heads, c.dropout, cross=False)
-        self.norm_cross = nn.LayerNorm(c.d_model)
+        self.norm_cross = LayerNorm(c.d_model)
         self.cross_attn = Attention(c.d_model, c.num_heads, c.dropout, cross=True)
-        self.norm_ff = nn.LayerNorm(c.d_model)
+        self.norm_ff = LayerNorm(c.d_model)
         self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.dropout = nn.Dropout(c.dropout)
 
@@ -134,8 +153,8 @@ class Transformer(nn.Module):
             self.embed_dropout = nn.Dropout(c.dropout)
             self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_layers))
             self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
-            self.encoder_norm = nn.LayerNorm(c.d_model)
-            self.decoder_norm = nn.LayerNorm(c.d_model)
+            self.encoder_norm = LayerNorm(c.d_model)
+            self.decoder_norm = LayerNorm(c.d_model)
             self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         # Shared as parameters, not as one module under two names: FSDP loads a module reached twice wrongly.
         if c.share_embeddings:
@@ -179,7 +198,8 @@ class Transformer(nn.Module):
     def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
         length = tokens.shape[1]
         x = embedding(tokens) * math.sqrt(self.config.d_model) + self.positions[offset:offset + length]
-        return self.embed_dropout(x)
+        dtype = compute_dtype(x.device.type)
+        return self.embed_dropout(x if dtype is None else x.to(dtype))  # the one cast of the residual stream
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, S) boolean: True at real source tokens, the keys every query may attend to."""
