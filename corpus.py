@@ -1,8 +1,9 @@
 """Where sentence pairs come from, and how they are cleaned and split.
 
 A corpus is three lists of (source, target) sentence pairs: train, validation, test. It comes from the builtin
-generator, the Hugging Face hub (`datasets.load_dataset`), local files in the opus_books schema
-`{"id": ..., "translation": {"en": ..., "it": ...}}` or an object store (s3://, read by fsspec); with --streaming
+generator, the Hugging Face hub (`datasets.load_dataset`), local files (in the opus_books schema
+`{"id": ..., "translation": {"en": ..., "it": ...}}`, .tsv files or Moses pairs train.en + train.it), a folder
+written by datasets' `save_to_disk`, or an object store (s3://, read by fsspec); with --streaming
 the training split stays a stream that is read lazily. Cleaning (NFC, empty sides, misaligned lengths, duplicates)
 and the held-out splits are the same on every rank and every restart. Nothing here tokenizes or batches.
 """
@@ -40,14 +41,6 @@ def pairs_from_examples(examples, split: str, src: str, tgt: str) -> Pairs:
     return pairs
 
 
-def _data_file_builder(files: list[str]) -> str:
-    kinds = {"json" if f.endswith((".json", ".jsonl")) else "parquet" if f.endswith(".parquet") else f
-             for f in files}
-    if len(kinds) != 1 or not kinds <= {"json", "parquet"}:
-        raise UserError(f"--data_files: expected only .jsonl/.json or only .parquet files, got {sorted(kinds)}")
-    return kinds.pop()
-
-
 def is_remote(path: str) -> bool:
     """An fsspec URL such as s3://bucket/key: listed and read by fsspec (s3fs), not by the local file system."""
     return "://" in path
@@ -64,7 +57,11 @@ def _local_files(patterns: list[str]) -> list[str]:
 
 
 SPLITS = ("train", "validation", "test")
-DATA_FILE_ENDINGS = (".jsonl", ".json", ".parquet")
+DATA_FILE_ENDINGS = (".jsonl", ".json", ".parquet", ".tsv")
+# The names a folder or a saved DatasetDict's split goes by: validation is also "valid", "val", "dev" or "eval".
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "dev": "validation", "eval": "validation", "test": "test", "testing": "test"}
+TEXT_KINDS = ("tsv", "moses")  # read line by line here; json and parquet go to datasets' own builders
 
 
 def split_of_file(path: str) -> str | None:
@@ -80,11 +77,37 @@ def split_of_file(path: str) -> str | None:
     return None
 
 
+def split_of_folder(path: str, root: str) -> str | None:
+    """The split of the innermost folder between `root` and the file named after one (train/, validation/, valid/,
+    dev/, test/ ...); None when no folder says one."""
+    folders = os.path.relpath(os.path.dirname(path), root).split(os.sep)
+    return next((SPLIT_NAMES[f.lower()] for f in reversed(folders) if f.lower() in SPLIT_NAMES), None)
+
+
+def _kind_of_file(path: str, cfg: Config) -> str:
+    """json, parquet, tsv, or moses (one side of a pair: a name ending in .<lang_src> or .<lang_tgt>); otherwise the
+    path itself, which the caller refuses."""
+    if path.endswith((".json", ".jsonl")):
+        return "json"
+    if path.endswith((".parquet", ".tsv")):
+        return path.rsplit(".", 1)[1]
+    return "moses" if path.endswith((f".{cfg.lang_src}", f".{cfg.lang_tgt}")) else path
+
+
+def _folder_files(cfg: Config) -> list[str]:
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(cfg.dataset) for name in names
+                   if name.endswith(DATA_FILE_ENDINGS) or _kind_of_file(name, cfg) == "moses")
+    if not files:
+        raise UserError(f"--dataset {cfg.dataset}: no {'/'.join(DATA_FILE_ENDINGS)} file and no Moses pair "
+                        f"(train.{cfg.lang_src} + train.{cfg.lang_tgt}) in this folder; check --lang_src/--lang_tgt")
+    return files
+
+
 def _files_by_split(cfg: Config) -> dict[str, list[str]] | None:
     """--data_files as `train=a.jsonl,validation=b.jsonl,test=c.jsonl` (a file without `split=` is training data),
-    or the data files of a local --dataset folder, each assigned by `split_of_file`: when no name says a split,
-    every file is training data; when some do, a file whose name says none is refused rather than guessed.
-    None for a hub dataset."""
+    or the data files of a local --dataset folder, each assigned to the split its folder names (`split_of_folder`)
+    or else its name says (`split_of_file`): when none says a split, every file is training data; when some do, a
+    file that says none is refused rather than guessed. None for a hub dataset."""
     if cfg.data_files:
         by_split = {}
         for entry in (e.strip() for e in cfg.data_files.split(",") if e.strip()):
@@ -96,49 +119,64 @@ def _files_by_split(cfg: Config) -> dict[str, list[str]] | None:
         return by_split
     if not os.path.isdir(cfg.dataset):
         return None
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(cfg.dataset) for name in names
-                   if name.endswith(DATA_FILE_ENDINGS))
-    if not files:
-        raise UserError(f"--dataset {cfg.dataset}: no {'/'.join(DATA_FILE_ENDINGS)} file in this folder")
-    named = {f: split_of_file(f) for f in files}
+    files = _folder_files(cfg)
+    named = {f: split_of_folder(f, cfg.dataset) or split_of_file(f) for f in files}
     if not any(named.values()):
         return {"train": files}
     unnamed = [f for f, split in named.items() if split is None]
     if unnamed:
-        raise UserError(f"--dataset {cfg.dataset}: cannot tell which split {os.path.basename(unnamed[0])} holds (its "
-                        f"name says neither train, validation/dev nor test); rename it, or pass --data_files "
-                        f"train=...,validation=...,test=...")
+        raise UserError(f"--dataset {cfg.dataset}: cannot tell which split {os.path.basename(unnamed[0])} holds "
+                        f"(neither its name nor its folder says train, validation/dev or test); rename it, move it "
+                        f"into a train/, validation/ or test/ folder, or pass --data_files train=...,validation=...")
     return {split: [f for f in files if named[f] == split] for split in SPLITS if split in named.values()}
 
 
+def _data_files(by_split: dict[str, list[str]], cfg: Config) -> tuple[dict[str, list[str]], str, bool]:
+    """The files of each split (local globs expanded), their one kind (`_kind_of_file`), and whether they are
+    remote; every way the files cannot make a corpus is refused here."""
+    patterns = [p for split in by_split.values() for p in split]
+    remote = [p for p in patterns if is_remote(p)]
+    if remote and len(remote) != len(patterns):
+        raise UserError("--data_files: give only local files or only remote (s3://) ones")
+    files = {split: found if remote else _local_files(found) for split, found in by_split.items()}
+    every_file = [f for found in files.values() for f in found]
+    if "train" not in files:
+        raise UserError("--data_files: no training files (a file without split= is training data)")
+    if not remote and all(os.path.getsize(f) == 0 for f in every_file):
+        raise UserError(f"--data_files: the corpus is empty ({', '.join(every_file)} hold no pairs)")
+    kinds = {_kind_of_file(f, cfg) for f in every_file}
+    if len(kinds) != 1 or not kinds <= {"json", "parquet", *TEXT_KINDS}:
+        raise UserError(f"--data_files: expected files of one kind: only .jsonl/.json, only .parquet, only .tsv or "
+                        f"only Moses pairs (train.{cfg.lang_src} + train.{cfg.lang_tgt}), got {sorted(kinds)}")
+    kind = kinds.pop()
+    if remote and kind in TEXT_KINDS:
+        raise UserError("--data_files: .tsv files and Moses pairs are read from local disk only; for s3:// convert "
+                        "them to .jsonl or .parquet")
+    return files, kind, bool(remote)
+
+
 def _load_with_datasets(cfg: Config, streaming: bool = False):
-    """A DatasetDict (an IterableDatasetDict when streaming) from the hub, a local dataset folder, or --data_files;
-    which file went to which split is logged. Remote --data_files (s3://...) go to fsspec, which takes
-    credentials from the standard AWS environment variables or profile, and an S3-compatible store's address from
-    AWS_ENDPOINT_URL."""
+    """A DatasetDict (an IterableDatasetDict when streaming) from the hub, a local dataset folder (data files or a
+    `save_to_disk` folder), or --data_files; which file went to which split is logged. Remote --data_files
+    (s3://...) go to fsspec, which takes credentials from the standard AWS environment variables or profile, and an
+    S3-compatible store's address from AWS_ENDPOINT_URL."""
     import datasets  # heavy: imported only when a non-builtin corpus is asked for
 
     if on_terminal():  # the download and preparation of a hub dataset can take minutes: show it, on rank 0
         datasets.enable_progress_bars()
     else:
         datasets.disable_progress_bars()
+    if not cfg.data_files and is_saved_dataset(cfg.dataset):
+        return _load_saved_dataset(cfg, streaming)
     by_split = _files_by_split(cfg)
     if by_split is not None:
-        patterns = [p for split in by_split.values() for p in split]
-        remote = [p for p in patterns if is_remote(p)]
-        if remote and len(remote) != len(patterns):
-            raise UserError("--data_files: give only local files or only remote (s3://) ones")
-        files = {split: found if remote else _local_files(found) for split, found in by_split.items()}
-        every_file = [f for found in files.values() for f in found]
-        if "train" not in files:
-            raise UserError("--data_files: no training files (a file without split= is training data)")
-        if not remote and all(os.path.getsize(f) == 0 for f in every_file):
-            raise UserError(f"--data_files: the corpus is empty ({', '.join(every_file)} hold no pairs)")
-        builder, flag = _data_file_builder(every_file), "data_files" if cfg.data_files else "dataset"
-        source = cfg.data_files or cfg.dataset
+        files, kind, remote = _data_files(by_split, cfg)
+        if kind in TEXT_KINDS:
+            return _load_text_pairs(files, kind, cfg, streaming)
+        source, flag = cfg.data_files or cfg.dataset, "data_files" if cfg.data_files else "dataset"
         options = _storage_options() if remote else None
         log.info("data files: " + "; ".join(f"{split} <- {', '.join(found)}" for split, found in files.items()))
-        load = lambda: datasets.load_dataset(builder, data_files=files, streaming=streaming,  # noqa: E731
+        load = lambda: datasets.load_dataset(kind, data_files=files, streaming=streaming,  # noqa: E731
                                              storage_options=options)
     else:
         source, flag = cfg.dataset, "dataset"
@@ -153,6 +191,138 @@ def _storage_options() -> dict:
     """fsspec options for s3://: the endpoint of an S3-compatible store (MinIO, R2, moto), if one is set."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def is_saved_dataset(folder: str) -> bool:
+    """A folder written by datasets' `save_to_disk`: of a DatasetDict (dataset_dict.json), or of one Dataset
+    (dataset_info.json and state.json beside its arrow files)."""
+    return os.path.isfile(os.path.join(folder, "dataset_dict.json")) or all(
+        os.path.isfile(os.path.join(folder, name)) for name in ("dataset_info.json", "state.json"))
+
+
+def _load_saved_dataset(cfg: Config, streaming: bool) -> dict:
+    """The splits of a `save_to_disk` folder under our names (a lone Dataset is the training split; "valid" or "dev"
+    is the validation split unless one is called "validation"); when streaming, each split becomes a stream of as
+    many shards as it has arrow files, so ranks can take whole files."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(cfg.dataset)
+    except Exception as e:  # a damaged or half-written folder: say which, in one line
+        raise UserError(f"--dataset: cannot load {cfg.dataset!r} (a save_to_disk folder): {first_line(e)}") from None
+    if isinstance(saved, datasets.Dataset):
+        saved = {"train": saved}
+    splits, ignored = {}, []
+    for name, split in sorted(saved.items(), key=lambda item: item[0] not in SPLITS):  # exact names first
+        ours = SPLIT_NAMES.get(name.lower())
+        if ours is None or ours in splits:
+            ignored.append(name)
+            continue
+        shards = max(1, min(len(split), len(split.cache_files)))
+        splits[ours] = split.to_iterable_dataset(num_shards=shards) if streaming else split
+        log.info(f"saved dataset: {ours} <- split {name!r} ({len(split):,} rows)")
+    if ignored:
+        log.info(f"saved dataset: splits {', '.join(ignored)} ignored (not train, validation or test)")
+    return splits
+
+
+def _moses_pairs(files: list[str], cfg: Config) -> list[tuple[str, str]]:
+    """(source file, target file) for each Moses file named, whichever side: train.en finds train.it beside it and
+    the other way round. Both sides must have as many lines: line i of one translates line i of the other."""
+    flag, pairs = "data_files" if cfg.data_files else "dataset", []
+    for path in files:
+        stem = path.rsplit(".", 1)[0]
+        pair = (f"{stem}.{cfg.lang_src}", f"{stem}.{cfg.lang_tgt}")
+        if pair in pairs:
+            continue
+        missing = [side for side in pair if not os.path.isfile(side)]
+        if missing:
+            raise UserError(f"--{flag}: {path} has no {os.path.basename(missing[0])} beside it (a Moses pair is "
+                            f"<name>.{cfg.lang_src} + <name>.{cfg.lang_tgt}); add it or check --lang_src/--lang_tgt")
+        counts = [_count_lines(side) for side in pair]
+        if counts[0] != counts[1]:
+            raise UserError(f"--{flag}: {pair[0]} has {counts[0]:,} lines but {pair[1]} has {counts[1]:,}; line i of "
+                            f"one must translate line i of the other: realign the two files")
+        pairs.append(pair)
+    return pairs
+
+
+def _count_lines(path: str) -> int:
+    """Lines as `_lines` reads them: ended by \\n, the last one possibly without."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            count, last = count + chunk.count(b"\n"), chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _lines(path: str):
+    # Only \n ends a line, as Moses tools count them (a stray \r or U+2028 inside a sentence must not shift the
+    # alignment); a Windows \r\n and a leading byte-order mark are taken off.
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
+        for line in f:
+            yield line.removesuffix("\n").removesuffix("\r")
+
+
+def _moses_examples(shards: list[tuple[str, str]], src: str, tgt: str):
+    for source_path, target_path in shards:
+        for source, target in zip(_lines(source_path), _lines(target_path)):
+            yield {"translation": {src: source, tgt: target}}
+
+
+def _tsv_examples(shards: list[str], src: str, tgt: str):
+    for path in shards:
+        columns, width = (0, 1), 2
+        for number, line in enumerate(_lines(path), 1):
+            fields = line.split("\t") if line else [""] * width  # an empty line is an empty pair: cleaning drops it
+            if number == 1 and (header := _tsv_header(path, fields, src, tgt)):
+                columns, width = header, len(fields)
+                continue
+            if len(fields) != width:
+                raise UserError(f"{path} line {number} has {len(fields)} tab-separated fields, not {width}: fix it; a "
+                                f".tsv line is source<TAB>target, or holds the columns its header line names")
+            yield {"translation": {src: fields[columns[0]], tgt: fields[columns[1]]}}
+
+
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z0-9]{2,8})?")
+
+
+def _tsv_header(path: str, fields: list[str], src: str, tgt: str) -> tuple[int, int] | None:
+    """The columns of the source and the target when the first line names the languages (en<TAB>it, in any order,
+    among other columns or not); None when it is a pair. A header that names one language and another code is
+    refused: --lang_src or --lang_tgt does not match the file."""
+    names = [field.strip().lower() for field in fields]
+    if src.lower() in names and tgt.lower() in names:
+        return names.index(src.lower()), names.index(tgt.lower())
+    if len(names) == 2 and {src.lower(), tgt.lower()} & set(names) and all(map(LANGUAGE_CODE.fullmatch, names)):
+        missing, flag = (src, "lang_src") if src.lower() not in names else (tgt, "lang_tgt")
+        raise UserError(f"--{flag}: language {missing!r} is not in the corpus (the header of {path} names: "
+                        f"{', '.join(names)})")
+    return None
+
+
+def _load_text_pairs(files: dict[str, list[str]], kind: str, cfg: Config, streaming: bool) -> dict:
+    """The splits of .tsv files or Moses pairs as examples in the opus_books schema: generators read once by
+    `load_corpus`, or, when streaming, datasets streams of one shard per file (or pair), so ranks take whole files
+    and a stream's position resumes as a jsonl one does."""
+    import datasets
+
+    if kind == "moses":
+        read, shards = _moses_examples, {split: _moses_pairs(found, cfg) for split, found in files.items()}
+        both = f".{{{cfg.lang_src},{cfg.lang_tgt}}}"  # train.{en,it}: the pair in one name, as a shell writes it
+        named = {split: [source.removesuffix(f".{cfg.lang_src}") + both for source, _ in pairs]
+                 for split, pairs in shards.items()}
+    else:
+        read, shards, named = _tsv_examples, files, files
+    log.info("data files: " + "; ".join(f"{split} <- {', '.join(found)}" for split, found in named.items()))
+    if not streaming:
+        return {split: read(found, cfg.lang_src, cfg.lang_tgt) for split, found in shards.items()}
+    features = datasets.Features({"translation": {lang: datasets.Value("string")
+                                                  for lang in (cfg.lang_src, cfg.lang_tgt)}})
+    return datasets.IterableDatasetDict({
+        split: datasets.IterableDataset.from_generator(
+            read, features=features, gen_kwargs={"shards": found, "src": cfg.lang_src, "tgt": cfg.lang_tgt})
+        for split, found in shards.items()})
 
 
 def split_pairs(pairs: Pairs, valid_size: int, test_size: int) -> dict[str, Pairs]:
@@ -212,8 +382,9 @@ def cleaning_summary(counts: dict[str, int]) -> str:
 
 def load_corpus(cfg: Config) -> dict[str, Pairs]:
     """{"train", "validation", "test"} lists of (source, target) pairs for the configured languages, cleaned by
-    `clean_pairs`; training pairs whose source is held out are dropped, so no held-out sentence is trained on.
-    The cleaning summary is logged."""
+    `clean_pairs`, except a test split of the corpus's own, returned as given (scored whole, as published figures
+    are); training pairs whose source is held out are dropped, so no held-out sentence is trained on. The cleaning
+    summary is logged."""
     if cfg.streaming:
         return _load_stream(cfg)
     if cfg.dataset == "builtin" and not cfg.data_files:
@@ -226,6 +397,7 @@ def load_corpus(cfg: Config) -> dict[str, Pairs]:
         raise UserError(f"--dataset: the corpus has no 'train' split (it has: {', '.join(sorted(splits))})")
     corpus = {name: pairs_from_examples(examples, name, cfg.lang_src, cfg.lang_tgt)
               for name, examples in splits.items() if name in ("train", "validation", "test")}
+    given_test = corpus.get("test")
     counts = {}
     for name in list(corpus):
         corpus[name], split_counts = clean_pairs(corpus[name])
@@ -242,6 +414,8 @@ def load_corpus(cfg: Config) -> dict[str, Pairs]:
     training = len(corpus["train"])
     corpus["train"] = [pair for pair in corpus["train"] if pair[0] not in held_out_sources]
     counts["held_out"] = training - len(corpus["train"])
+    if given_test is not None:
+        corpus["test"] = given_test
     log.info(cleaning_summary(counts))
     if not corpus["train"]:
         raise UserError("--dataset/--data_files: no training pair left once the held-out sources are removed")

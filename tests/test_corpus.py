@@ -1,5 +1,6 @@
 """Where pairs come from (corpus.py): local files and folders, the hub through datasets.load_dataset, split files
-by name, cleaning and its counts, and deterministic splits."""
+by name or folder, save_to_disk folders, Moses pairs and .tsv files, cleaning and its counts, and deterministic
+splits."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 import corpus as corpora
-from config import parse_config
+from config import parse_config, validate
 from errors import UserError
 from helpers import ROOT, write_jsonl
 
@@ -145,3 +146,105 @@ def test_split_files_are_assigned_by_name_logged_and_never_guessed(tmp_path, cap
     assert corpus["validation"] == [("Held.", "Tenuta.")] and len(corpus["test"]) == 5
     with pytest.raises(UserError, match="'dev' is not a split"):
         corpora.load_corpus(parse_config(["--data_files", f"dev={folder / 'eval.jsonl'}"]))
+
+
+def write_lines(path, lines) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def numbered(name: str, n: int) -> list[tuple[str, str]]:
+    return [(f"{name} sentence {i}.", f"{name} frase {i}.") for i in range(n)]
+
+
+def split_sizes(corpus) -> list[int]:
+    return [len(corpus[split]) for split in ("train", "validation", "test")]
+
+
+def test_split_folders_assign_their_files_whatever_the_names(tmp_path, capsys):
+    for folder, name, n in (("train", "part-0", 20), ("train", "part-1", 10), ("valid", "books", 4),
+                            ("test", "newstest2014", 3), ("dev", "train-extra", 2)):  # the folder wins over the name
+        (tmp_path / folder).mkdir(exist_ok=True)
+        write_jsonl(tmp_path / folder / f"{name}.jsonl", numbered(f"{folder} {name}", n))
+    capsys.readouterr()
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path)]))
+    assert split_sizes(corpus) == [30, 6, 3]
+    assert set(numbered("dev train-extra", 2)) <= set(corpus["validation"])
+    assert "validation <- " in capsys.readouterr().out
+    assert corpora.split_of_folder(str(tmp_path / "a" / "Dev" / "b" / "x.jsonl"), str(tmp_path)) == "validation"
+    assert corpora.split_of_folder(str(tmp_path / "x.jsonl"), str(tmp_path)) is None
+
+
+def test_a_save_to_disk_folder_loads_with_its_splits_in_memory_and_streaming(tmp_path):
+    import datasets
+
+    def rows(name, n):
+        return datasets.Dataset.from_list([{"id": str(i), "translation": {"en": s, "it": t}}
+                                           for i, (s, t) in enumerate(numbered(name, n))])
+
+    datasets.DatasetDict({"train": rows("train", 30), "dev": rows("dev", 4), "test": rows("test", 3),
+                          "extra": rows("extra", 2)}).save_to_disk(str(tmp_path / "saved"))
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path / "saved")]))
+    assert split_sizes(corpus) == [30, 4, 3] and corpus["validation"] == numbered("dev", 4)
+    cfg = parse_config(["--dataset", str(tmp_path / "saved"), "--streaming", "--max_steps", "5"])
+    validate(cfg)
+    stream = corpora.load_corpus(cfg)
+    assert stream["validation"] == numbered("dev", 4) and stream["test"] == numbered("test", 3)
+    assert corpora.take_pairs(stream["train"], 40, cfg) == numbered("train", 30)
+    rows("one", 40).save_to_disk(str(tmp_path / "one"))  # a lone Dataset: the training split
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path / "one"), "--valid_size", "5",
+                                               "--test_size", "5"]))
+    assert split_sizes(corpus) == [30, 5, 5]
+
+
+def write_moses(prefix, pairs, src="en", tgt="it"):
+    write_lines(prefix.parent / f"{prefix.name}.{src}", [s for s, _ in pairs])
+    write_lines(prefix.parent / f"{prefix.name}.{tgt}", [t for _, t in pairs])
+
+
+def test_moses_pairs_load_from_a_folder_and_from_data_files_by_either_side(tmp_path):
+    for name, n in (("train", 30), ("valid", 4), ("test", 3)):
+        write_moses(tmp_path / "corpus" / name, numbered(name, n), tgt="de")
+    folder = ["--dataset", str(tmp_path / "corpus"), "--lang_tgt", "de"]
+    corpus = corpora.load_corpus(parse_config(folder))
+    assert [corpus["train"], corpus["validation"], corpus["test"]] == \
+        [numbered("train", 30), numbered("valid", 4), numbered("test", 3)]
+    files = f"{tmp_path}/corpus/train.de,validation={tmp_path}/corpus/valid.en"  # either side names the pair
+    assert corpora.load_corpus(parse_config(["--data_files", files, "--lang_tgt", "de", "--test_size", "2"])
+                               )["validation"] == numbered("valid", 4)
+    cfg = parse_config([*folder, "--streaming", "--max_steps", "5"])
+    validate(cfg)
+    stream = corpora.load_corpus(cfg)
+    assert stream["test"] == numbered("test", 3) and corpora.take_pairs(stream["train"], 40, cfg) == \
+        numbered("train", 30)
+    with pytest.raises(UserError, match=r"train.en has no train.it beside it .* check --lang_src/--lang_tgt"):
+        corpora.load_corpus(parse_config(["--dataset", str(tmp_path / "corpus")]))
+
+
+def test_moses_sides_of_different_lengths_are_a_clear_error(tmp_path):
+    write_lines(tmp_path / "train.en", ["One.", "Two.", "Three."])
+    write_lines(tmp_path / "train.it", ["Uno.", "Due."])
+    with pytest.raises(UserError, match=r"^--data_files: .*train.en has 3 lines but .*train.it has 2; .*realign"):
+        corpora.load_corpus(parse_config(["--data_files", str(tmp_path / "train.en")]))
+
+
+def test_tsv_files_pair_their_columns_or_those_their_header_names(tmp_path):
+    pairs = numbered("tsv", 30)
+    write_lines(tmp_path / "plain" / "train.tsv", [f"{s}\t{t}" for s, t in pairs])
+    write_lines(tmp_path / "plain" / "dev.tsv", ["Hello.\tCiao.", "", "Yes.\tSì."])  # an empty line: an empty pair
+    corpus = corpora.load_corpus(parse_config(["--dataset", str(tmp_path / "plain"), "--test_size", "3"]))
+    assert sorted(corpus["train"] + corpus["test"]) == sorted(pairs)
+    assert corpus["validation"] == [("Hello.", "Ciao."), ("Yes.", "Sì.")]
+    header = write_lines(tmp_path / "header.tsv", ["id\tit\ten", *(f"{i}\t{t}\t{s}" for i, (s, t) in enumerate(pairs))])
+    corpus = corpora.load_corpus(parse_config(["--data_files", header, "--valid_size", "3", "--test_size", "3"]))
+    assert sorted(corpus["train"] + corpus["validation"] + corpus["test"]) == sorted(pairs)
+    cfg = parse_config(["--data_files", header, "--streaming", "--max_steps", "5", "--valid_size", "3",
+                        "--test_size", "2"])
+    validate(cfg)
+    assert corpora.load_corpus(cfg)["test"] == pairs[3:5]
+    with pytest.raises(UserError, match=r"^--lang_tgt: language 'fr' is not in the corpus .the header of .* names"):
+        corpora.load_corpus(parse_config(["--data_files", write_lines(tmp_path / "de.tsv", ["en\tde", "A.\tB."]),
+                                          "--lang_tgt", "fr"]))
+    with pytest.raises(UserError, match=r"bad.tsv line 2 has 3 tab-separated fields, not 2"):
+        corpora.load_corpus(parse_config(["--data_files", write_lines(tmp_path / "bad.tsv", ["A.\tB.", "A\tB\tC"])]))
