@@ -1,5 +1,5 @@
 """Real English->X parallel corpora rebuilt offline from software localization catalogs (gettext .mo files) and from
-translated documentation (GNOME's help pages).
+translated documentation (GNOME's and LibreOffice's help, Debian's manuals).
 
 Every translated program ships its user-visible strings as compiled gettext catalogs: English source text
 (the msgid) next to a human translation (the msgstr).  This script turns those catalogs into corpora in the
@@ -7,31 +7,41 @@ opus_books JSONL schema that train.py reads with --data_files, one example per l
 
     {"id": "17", "translation": {"en": "cannot open %s", "it": "impossibile aprire %s"}}
 
-Three sources:
+Two catalog sources:
 
   system       the catalogs this machine already holds under /usr/share/locale/<lang>/LC_MESSAGES/*.mo
                (coreutils, apt, bash, binutils, ...): terse command-line messages.
   libreoffice  Debian's libreoffice-l10n-<lang> package, fetched with `apt-get download` into a cache folder
                and unpacked with `dpkg-deb -x`: office UI strings, a different domain (run `apt-get update`
                once beforehand; later runs reuse the cache and need no network).
-  gnome-help   Debian's gnome-user-docs package (the GNOME desktop help and system administration guide) and the
-               help of GNOME applications (Mallard pages under usr/share/help/<lang>/): natural, descriptive
-               sentences. A translated page keeps
-               the English page's structure, so paragraphs align one to one; paragraphs that split into the same
-               number of sentences on both sides give one pair per sentence. Validation and test pairs are held out
-               by page (about a twentieth of the pages each), written to validation.jsonl and test.jsonl beside
-               train.jsonl: `python train.py --dataset corpora/gnome-help-en-de --lang_tgt de`.
+
+Documentation sources, natural descriptive sentences, fetched the same way. A translated page keeps the English
+page's structure, so its text blocks (paragraphs, titles, table cells) align one to one with the English ones, by
+position or, where the pages have them, by paragraph id; blocks that split into the same number of sentences on both
+sides give one pair per sentence:
+
+  gnome-help        gnome-user-docs (the GNOME desktop help and system administration guide) and the help of
+                    GNOME applications: Mallard pages under usr/share/help/<lang>/.
+  libreoffice-help  libreoffice-help-en-us and libreoffice-help-<lang>: HTML pages with the same paragraph ids.
+  debian-reference, debian-faq, maint-guide, developers-reference
+                    Debian's manuals, in debian-reference-en (or the English package) and -<lang>: a page per chapter.
+
+Validation and test pairs are held out by document (a page, or a section of a manual's chapter: about a twentieth
+of them each), written to validation.jsonl and test.jsonl beside train.jsonl. Untranslated pairs, pairs without a
+letter and duplicates are dropped. `--source` takes one of them, a comma-separated list or `docs` (all of them),
+united in one corpus: `python train.py --dataset corpora/docs-en-de --lang_tgt de`.
 
     python real_corpora.py --langs it,de,fr,es --out corpora              # -> corpora/system-en-it/train.jsonl ...
     python real_corpora.py --source libreoffice --langs de --out corpora  # -> corpora/libreoffice-en-de/train.jsonl
     python real_corpora.py --langs de --max_pairs 27000 --out corpora     # also corpora/system-en-de-27000/
     python real_corpora.py --source gnome-help --langs de,it --out corpora  # -> corpora/gnome-help-en-de/...
+    python real_corpora.py --source docs --langs de,it --out corpora      # -> corpora/docs-en-de/...
     python train.py --data_files corpora/system-en-it/train.jsonl --lang_tgt it ...
 
 Each catalog corpus folder holds only train.jsonl: the trainer holds out validation and test pairs itself.  Text is kept
 exactly as the catalogs have it (placeholders such as %s or {0}, newlines, LibreOffice's ~ and _ mnemonics,
 untranslated copies, duplicates across programs): cleaning is the trainer's loader's job.  The output depends
-only on the catalogs: files in name order, entries in catalog order, ids running from 0.
+only on the packages: files in name order, entries in catalog or document order, ids running from 0.
 """
 import argparse
 import codecs
@@ -44,7 +54,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 MO_MAGIC = 0x950412DE
@@ -232,22 +244,28 @@ def system_catalogs(lang: str, locale_dir) -> list[Path]:
     return catalogs
 
 
-def libreoffice_package(lang: str) -> str:
+def debian_package(prefix: str, lang: str) -> str:
     # Debian names these packages in lower case with dashes: pt_BR -> libreoffice-l10n-pt-br.
-    return "libreoffice-l10n-" + lang.lower().replace("_", "-")
+    return prefix + lang.lower().replace("_", "-")
 
 
 def libreoffice_catalogs(lang: str, cache_dir) -> list[Path]:
     """The .mo files of libreoffice-l10n-<lang>, downloaded and unpacked into cache_dir unless already there."""
-    package = libreoffice_package(lang)
-    unpacked = Path(cache_dir) / package
-    if not unpacked.is_dir():
-        download_and_unpack(package, unpacked)
+    package = debian_package("libreoffice-l10n-", lang)
+    unpacked = unpacked_package(package, cache_dir)
     # One resource/<tag>/ folder per package; its tag (de, pt-BR, ...) need not match the package name.
     catalogs = sorted(unpacked.glob(f"{LIBREOFFICE_RESOURCES}/*/LC_MESSAGES/*.mo"), key=lambda p: (p.name, str(p)))
     if not catalogs:
         raise CorpusError(f"{package} holds no .mo catalogs under {LIBREOFFICE_RESOURCES}/ (unpacked in {unpacked})")
     return catalogs
+
+
+def unpacked_package(package: str, cache_dir) -> Path:
+    """The folder of cache_dir that holds the package's files, downloaded and unpacked there unless already done."""
+    unpacked = Path(cache_dir) / package
+    if not unpacked.is_dir():
+        download_and_unpack(package, unpacked)
+    return unpacked
 
 
 def download_and_unpack(package: str, target: Path) -> None:
@@ -277,7 +295,111 @@ def run(command: list[str], cwd: Path, what: str) -> None:
         raise CorpusError(f"{what}: {errors[-1] if errors else f'exit status {result.returncode}'}")
 
 
-# ------------------------------------------------------------------------------------------------ help pages
+# ------------------------------------------------------------------------------------------------ aligned documents
+
+Pairs = list[tuple[str, str]]
+HELD_OUT_DOCUMENTS = 20  # one document in twenty goes to validation, one to test
+# Not after a section number: "2.1. Packages" and "Table 1.12. Tools" are one sentence each.
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\d\.)(?<!\.\d\d\.)\s+(?=[\"'“„«(\[]?[^\W\d_])")
+LETTER = re.compile(r"[^\W\d_]")
+
+
+@dataclass
+class DocCounts:
+    documents: int = 0        # English documents (pages, sections) with a counterpart in the language
+    misaligned: int = 0       # of which skipped: a different number of text blocks on the two sides
+    unmatched: int = 0        # English blocks whose id the translated page lacks (where blocks align by id)
+    blocks: int = 0           # aligned text blocks (paragraphs, titles, table cells) with text on a side
+    sentence_split: int = 0   # blocks that split into as many sentences on both sides, one pair per sentence
+    untranslated: int = 0     # dropped: the translation equals the English
+    no_text: int = 0          # dropped: a side without a letter (markup, numbers, symbols only)
+    duplicates: int = 0       # dropped: a pair seen before, in this source or an earlier one
+    splits: dict | None = None
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{name} {count}" for name, count in (self.splits or {}).items())
+        unmatched = f", {self.unmatched} blocks without a counterpart" if self.unmatched else ""
+        return (f"{kept} pairs from {self.blocks} aligned blocks of {self.documents - self.misaligned} documents "
+                f"({self.misaligned} of {self.documents} documents skipped as misaligned{unmatched}; "
+                f"{self.sentence_split} blocks split into sentences; dropped {self.untranslated} untranslated, "
+                f"{self.no_text} without text, {self.duplicates} duplicates)")
+
+
+def block_pairs(english: str, translation: str) -> Pairs:
+    """One pair per sentence when both sides split into the same number of sentences, else the block whole."""
+    sources, targets = SENTENCE_END.split(english), SENTENCE_END.split(translation)
+    return list(zip(sources, targets)) if len(sources) == len(targets) > 1 else [(english, translation)]
+
+
+def sentence_pairs(blocks: Pairs, counts: DocCounts) -> Pairs:
+    """The pairs of aligned blocks, sentence by sentence where that aligns; blocks empty on both sides (layout
+    cells) are not counted."""
+    pairs = []
+    for source, target in blocks:
+        if source or target:
+            split = block_pairs(source, target)
+            counts.blocks += 1
+            counts.sentence_split += len(split) > 1
+            pairs.extend(split)
+    return pairs
+
+
+def aligned_in_order(english: list[str], translated: list[str], counts: DocCounts) -> Pairs | None:
+    """The pairs of one document whose blocks align by position; None (counted as misaligned) when the two sides
+    have different numbers of blocks, since a single added or missing block shifts every later pair."""
+    counts.documents += 1
+    if len(english) != len(translated):
+        counts.misaligned += 1
+        return None
+    return sentence_pairs(list(zip(english, translated)), counts)
+
+
+def held_out_split(document: str) -> str:
+    """The split a document's pairs go to, from its name alone: the same on every run and for every language."""
+    bucket = zlib.crc32(document.encode()) % HELD_OUT_DOCUMENTS
+    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def kept(pair: tuple[str, str], seen: set, counts: DocCounts) -> bool:
+    """Whether a pair teaches translation: translated, with words on both sides, and new; counts the others."""
+    if pair[0] == pair[1]:
+        counts.untranslated += 1
+    elif not all(LETTER.search(side) for side in pair):
+        counts.no_text += 1
+    elif pair in seen:
+        counts.duplicates += 1
+    else:
+        seen.add(pair)
+        return True
+    return False
+
+
+def write_aligned_corpus(documents: dict[str, dict[str, Pairs]], counts: dict[str, DocCounts], lang: str,
+                         out: Path) -> None:
+    """train.jsonl, validation.jsonl and test.jsonl of {source: {document: pairs}}, held out by document; sets
+    every source's counts.splits.
+
+    A pair is kept only the first time it is seen, in source and document order, so none lands in two splits."""
+    seen = set()
+    splits = {"train": [], "validation": [], "test": []}
+    for source, source_documents in documents.items():
+        counts[source].splits = dict.fromkeys(splits, 0)
+        for document, pairs in source_documents.items():
+            split = held_out_split(document)
+            for pair in pairs:
+                if kept(pair, seen, counts[source]):
+                    splits[split].append(pair)
+                    counts[source].splits[split] += 1
+    out.mkdir(parents=True, exist_ok=True)
+    for split, pairs in splits.items():
+        lines = [jsonl_line({"id": str(i), "translation": {"en": en, lang: text}})
+                 for i, (en, text) in enumerate(pairs)]
+        partial = out / f"{split}.jsonl.partial"  # a crash never leaves a truncated split
+        partial.write_text("".join(lines), encoding="utf-8")
+        os.replace(partial, out / f"{split}.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------ GNOME help
 
 # The desktop help and admin guide, then the applications that ship their help translated into German or Italian.
 GNOME_HELP_PACKAGES = ("gnome-user-docs", "baobab", "brasero-common", "cheese-common", "eog", "evince-common",
@@ -289,39 +411,11 @@ GNOME_HELP_PACKAGES = ("gnome-user-docs", "baobab", "brasero-common", "cheese-co
                        "quadrapassel")
 HELP_DIR = "usr/share/help"
 MALLARD_TEXT_BLOCKS = {"p", "title", "desc", "subtitle"}  # what a reader reads; code, screens and credits are not
-HELD_OUT_PAGES = 20  # one page in twenty goes to validation, one to test
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“„«(\[]?[^\W\d_])")
 
 
-@dataclass
-class HelpCounts:
-    pages: int = 0            # English pages with a page of the same name in the language
-    misaligned: int = 0       # of which skipped: a different number of text blocks on the two sides
-    blocks: int = 0           # text blocks (paragraphs, titles) of the aligned pages
-    sentence_split: int = 0   # blocks that split into as many sentences on both sides, one pair per sentence
-    untranslated: int = 0     # dropped: the translation equals the English
-    no_text: int = 0          # dropped: a side without a letter (markup, numbers, symbols only)
-    duplicates: int = 0       # dropped: a pair seen before
-    splits: dict | None = None
-
-    def summary(self) -> str:
-        kept = ", ".join(f"{name} {count}" for name, count in (self.splits or {}).items())
-        return (f"{kept} pairs from {self.blocks} aligned blocks of {self.pages - self.misaligned} pages "
-                f"({self.misaligned} of {self.pages} pages skipped as misaligned; {self.sentence_split} blocks split "
-                f"into sentences; dropped {self.untranslated} untranslated, {self.no_text} without text, "
-                f"{self.duplicates} duplicates)")
-
-
-def gnome_help_roots(cache_dir) -> list[Path]:
-    """usr/share/help of every package of GNOME_HELP_PACKAGES (each holds all its languages), unpacked into
-    cache_dir unless already there."""
-    roots = []
-    for package in GNOME_HELP_PACKAGES:
-        unpacked = Path(cache_dir) / package
-        if not unpacked.is_dir():
-            download_and_unpack(package, unpacked)
-        roots.append(unpacked / HELP_DIR)
-    return roots
+def gnome_help_documents(cache_dir, lang: str, counts: DocCounts) -> dict[str, Pairs]:
+    roots = [unpacked_package(package, cache_dir) / HELP_DIR for package in GNOME_HELP_PACKAGES]
+    return help_page_pairs(roots, lang, counts)
 
 
 def page_blocks(path: Path) -> list[str]:
@@ -336,117 +430,280 @@ def page_blocks(path: Path) -> list[str]:
     return blocks
 
 
-def block_pairs(english: str, translation: str) -> list[tuple[str, str]]:
-    """One pair per sentence when both sides split into the same number of sentences, else the block whole."""
-    sources, targets = SENTENCE_END.split(english), SENTENCE_END.split(translation)
-    return list(zip(sources, targets)) if len(sources) == len(targets) > 1 else [(english, translation)]
-
-
-def help_page_pairs(help_roots: list[Path], lang: str, counts: HelpCounts) -> dict[str, list[tuple[str, str]]]:
-    """{document/page.page: aligned pairs} for every English page that has a page in the language."""
-    pages = {}
-    english_pages = [(root, page) for root in help_roots for page in sorted((root / "C").glob("*/*.page"))]
-    for help_root, english_page in english_pages:
-        relative = english_page.relative_to(help_root / "C")
-        translated_page = help_root / lang / relative
-        if not translated_page.is_file():
-            continue
-        counts.pages += 1
-        english, translated = page_blocks(english_page), page_blocks(translated_page)
-        if len(english) != len(translated):
-            counts.misaligned += 1
-            continue
-        counts.blocks += len(english)
-        pairs = []
-        for source, target in zip(english, translated):
-            split = block_pairs(source, target)
-            counts.sentence_split += len(split) > 1
-            pairs.extend(split)
-        pages[str(relative)] = pairs
-    return pages
-
-
-def held_out_split(page: str) -> str:
-    """The split a page's pairs go to, from its name alone: the same on every run and for every language."""
-    bucket = zlib.crc32(page.encode()) % HELD_OUT_PAGES
-    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
-
-
-def write_help_corpus(help_roots: list[Path], lang: str, out: Path) -> HelpCounts:
-    """train.jsonl, validation.jsonl and test.jsonl of the aligned help pages of `lang`, held out by page."""
+def help_page_pairs(help_roots: list[Path], lang: str, counts: DocCounts) -> dict[str, Pairs]:
+    """{document/page.page: aligned pairs} for every English Mallard page (under <root>/C/) that has a page in the
+    language; a translated page keeps the English structure, so blocks align by position."""
     if not any((root / lang).is_dir() for root in help_roots):
         raise CorpusError(f"no help pages for language {lang!r} in {', '.join(map(str, help_roots))}")
-    counts, seen = HelpCounts(), set()
-    splits = {"train": [], "validation": [], "test": []}
-    for page, pairs in help_page_pairs(help_roots, lang, counts).items():
-        for pair in pairs:
-            if pair[0] == pair[1]:
-                counts.untranslated += 1
-            elif not all(re.search(r"[^\W\d_]", side) for side in pair):
-                counts.no_text += 1
-            elif pair in seen:
-                counts.duplicates += 1
-            else:
-                seen.add(pair)
-                splits[held_out_split(page)].append(pair)
-    for split, pairs in splits.items():
-        lines = [jsonl_line({"id": str(i), "translation": {"en": en, lang: text}})
-                 for i, (en, text) in enumerate(pairs)]
-        out.mkdir(parents=True, exist_ok=True)
-        partial = out / f"{split}.jsonl.partial"
-        partial.write_text("".join(lines), encoding="utf-8")
-        os.replace(partial, out / f"{split}.jsonl")
-    counts.splits = {split: len(pairs) for split, pairs in splits.items()}
-    return counts
+    documents = {}
+    for help_root in help_roots:
+        for english_page in sorted((help_root / "C").glob("*/*.page")):
+            relative = english_page.relative_to(help_root / "C")
+            translated_page = help_root / lang / relative
+            if translated_page.is_file():
+                pairs = aligned_in_order(page_blocks(english_page), page_blocks(translated_page), counts)
+                if pairs is not None:
+                    documents[str(relative)] = pairs
+    return documents
+
+
+# ------------------------------------------------------------------------------------------------ HTML documentation
+
+HTML_BLOCKS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "dt", "dd", "td", "th", "title", "caption"}
+HTML_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+HTML_UNREAD = {"script", "style", "pre"}  # code listings and screen output are not prose to translate
+UNREAD_CLASSES = {"bascode", "pycode", "sqlcode", "smathcode", "code", "codeintable", "debug", "programlisting",
+                  "screen", "headerlink"}  # code, debug notes, and Sphinx's pilcrow after every heading
+
+
+class HtmlBlocks(HTMLParser):
+    """The text blocks of an HTML page in document order, as (tag, id, [text pieces]).
+
+    A block's text leaves out the blocks nested in it (they are blocks of their own) and what a reader does not
+    read as prose: scripts, code, and the variants of a text that a page hides."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[tuple[str, int | None, bool]] = []  # (tag, its block's index or None, unread: it or a parent)
+        self.blocks: list[tuple[str, str | None, list[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in HTML_VOID:
+            if tag == "br":
+                self.handle_data(" ")  # else the lines around a <br> would run together
+            return
+        attrs = dict(attrs)
+        # LibreOffice's help hides every variant of a switch (macOS or not, Impress or Draw) and shows one by
+        # script: the one whose id starts with "default" is what most readers see.
+        hidden = "hidden" in attrs and not (attrs.get("id") or "").startswith("default")
+        unread = (tag in HTML_UNREAD or hidden or bool(UNREAD_CLASSES & set((attrs.get("class") or "").split()))
+                  or bool(self.open) and self.open[-1][2])
+        index = None
+        if tag in HTML_BLOCKS and not unread:
+            index = len(self.blocks)
+            self.blocks.append((tag, attrs.get("id"), []))
+        self.open.append((tag, index, unread))
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "br":
+            self.handle_data(" ")
+
+    def handle_endtag(self, tag):
+        # Closes the innermost open element of that name and, like a browser, whatever was left open inside it.
+        for depth in range(len(self.open) - 1, -1, -1):
+            if self.open[depth][0] == tag:
+                del self.open[depth:]
+                return
+
+    def handle_data(self, data):
+        if self.open and self.open[-1][2]:
+            return
+        index = next((index for _, index, _ in reversed(self.open) if index is not None), None)
+        if index is not None:
+            self.blocks[index][2].append(data)
+
+
+def html_blocks(path: Path) -> list[tuple[str, str | None, str]]:
+    """(tag, id, text) of every text block of an HTML page, white space collapsed."""
+    parser = HtmlBlocks()
+    parser.feed(Path(path).read_text(encoding="utf-8"))
+    parser.close()
+    return [(tag, block_id, " ".join("".join(pieces).split())) for tag, block_id, pieces in parser.blocks]
+
+
+LIBREOFFICE_HELP = "usr/share/libreoffice/help"
+
+
+def libreoffice_help_documents(cache_dir, lang: str, counts: DocCounts) -> dict[str, Pairs]:
+    english = libreoffice_help_root(unpacked_package("libreoffice-help-en-us", cache_dir))
+    translated = libreoffice_help_root(unpacked_package(debian_package("libreoffice-help-", lang), cache_dir))
+    return libreoffice_help_pairs(english, translated, counts)
+
+
+def libreoffice_help_root(unpacked: Path) -> Path:
+    # One language folder per package, named by its tag (en-US, de, pt-BR), which need not match the package name.
+    roots = sorted(text.parent for text in unpacked.glob(f"{LIBREOFFICE_HELP}/*/text"))
+    if len(roots) != 1:
+        raise CorpusError(f"{unpacked}: expected one {LIBREOFFICE_HELP}/<language>/text/ folder, found {len(roots)}")
+    return roots[0]
+
+
+def libreoffice_help_pairs(english_root: Path, translated_root: Path, counts: DocCounts) -> dict[str, Pairs]:
+    """{text/.../page.html: aligned pairs} for every English page with a translated page of the same name.
+
+    Blocks pair by id: the help is written as XML with an id on every paragraph and heading, and every language's
+    pages keep the English ids, so a paragraph missing on one side costs only that paragraph."""
+    documents = {}
+    for english_page in sorted(english_root.glob("text/**/*.html")):
+        relative = english_page.relative_to(english_root)
+        translated_page = translated_root / relative
+        if not translated_page.is_file():
+            continue
+        counts.documents += 1
+        english, translated = keyed_blocks(english_page), dict(keyed_blocks(translated_page))
+        blocks = [(text, translated[key]) for key, text in english if key in translated]
+        counts.unmatched += len(english) - len(blocks)
+        documents[str(relative)] = sentence_pairs(blocks, counts)
+    return documents
+
+
+def keyed_blocks(path: Path) -> list[tuple[tuple[str, int], str]]:
+    """((id, occurrence), text) of every block of a page that has an id and text; an id recurs when a page embeds
+    the same paragraph of another page twice."""
+    occurrences = Counter()
+    keyed = []
+    for _, block_id, text in html_blocks(path):
+        if block_id and text:
+            keyed.append(((block_id, occurrences[block_id]), text))
+            occurrences[block_id] += 1
+    return keyed
+
+
+SECTION_HEADING = "h2"  # DocBook and Sphinx give a chapter's sections (2.1, 2.2, ...) second-level headings
+
+
+@dataclass(frozen=True)
+class HtmlBook:
+    """A manual of HTML pages, one per chapter, whose translations keep the English structure block for block."""
+    name: str
+    english_package: str
+    english_dir: str
+    package_prefix: str      # the translated package is this and the language: debian-reference-de
+    translated_dir: str      # {lang}: the language
+    single_page: str = ""    # the whole book on one page: a copy of the chapters, left out
+
+    def documents(self, cache_dir, lang: str, counts: DocCounts) -> dict[str, Pairs]:
+        english = unpacked_package(self.english_package, cache_dir) / self.english_dir
+        translated = unpacked_package(debian_package(self.package_prefix, lang), cache_dir)
+        return book_pairs(self, english, translated / self.translated_dir.format(lang=lang), counts)
+
+
+# Debian's own manuals, written in English and translated with po4a or Sphinx's gettext, so the structure is kept.
+HTML_BOOKS = (
+    HtmlBook("debian-reference", "debian-reference-en", "usr/share/debian-reference", "debian-reference-",
+             "usr/share/debian-reference"),
+    HtmlBook("debian-faq", "debian-faq", "usr/share/doc/debian/FAQ", "debian-faq-", "usr/share/doc/debian/FAQ/{lang}"),
+    HtmlBook("maint-guide", "maint-guide", "usr/share/doc/maint-guide/html", "maint-guide-",
+             "usr/share/doc/maint-guide-{lang}/html"),
+    HtmlBook("developers-reference", "developers-reference", "usr/share/developers-reference",
+             "developers-reference-", "usr/share/developers-reference/{lang}", single_page="developers-reference"),
+)
+
+
+def book_pairs(book: HtmlBook, english_dir: Path, translated_dir: Path, counts: DocCounts) -> dict[str, Pairs]:
+    """{book/chapter#n: aligned pairs} for the n-th section of every chapter with a translated page (ch02.en.html
+    and ch02.de.html, or l10n.html in both folders); blocks align by position, section by section.
+
+    A book has a dozen or so chapters: too few to hold out one in twenty, so its sections are the documents held
+    out. Symlinked pages (basic-defs.html -> basic-defs.en.html) are aliases, read once."""
+    def chapters(folder: Path) -> dict[str, Path]:
+        pages = sorted(page for page in folder.glob("*.html") if not page.is_symlink())
+        return {page.name.split(".")[0]: page for page in pages if page.name.split(".")[0] != book.single_page}
+
+    if not translated_dir.is_dir():
+        raise CorpusError(f"{book.name}: no translated pages in {translated_dir}")
+    translated_pages = chapters(translated_dir)
+    documents = {}
+    for chapter, english_page in chapters(english_dir).items():
+        if chapter not in translated_pages:
+            continue
+        english, translated = sections(english_page), sections(translated_pages[chapter])
+        if len(english) != len(translated):
+            counts.documents += len(english)
+            counts.misaligned += len(english)
+            continue
+        for n, (source, target) in enumerate(zip(english, translated)):
+            pairs = aligned_in_order(source, target, counts)
+            if pairs is not None:
+                documents[f"{book.name}/{chapter}#{n}"] = pairs
+    return documents
+
+
+def sections(page: Path) -> list[list[str]]:
+    """The block texts of a page, cut before each section heading; what precedes the first is a section too."""
+    cut = [[]]
+    for tag, _, text in html_blocks(page):
+        if tag == SECTION_HEADING and cut[-1]:
+            cut.append([])
+        cut[-1].append(text)
+    return cut
+
+
+DOC_SOURCES = {"gnome-help": gnome_help_documents, "libreoffice-help": libreoffice_help_documents,
+               **{book.name: book.documents for book in HTML_BOOKS}}
+CATALOG_SOURCES = ("system", "libreoffice")
+ALL_DOCS = "docs"  # every documentation source in one corpus
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build English->X parallel corpora (opus_books JSONL) from gettext "
-                                                 "localization catalogs.")
+                                                 "localization catalogs and translated documentation.")
     parser.add_argument("--langs", required=True, help="comma-separated target languages, e.g. it,de,fr,es")
-    parser.add_argument("--source", choices=("system", "libreoffice", "gnome-help"), default="system",
+    parser.add_argument("--source", default="system",
                         help="system: the catalogs under --locale_dir; libreoffice: Debian's libreoffice-l10n-<lang>; "
-                             "gnome-help: Debian's gnome-user-docs, aligned paragraph by paragraph")
+                             "gnome-help, libreoffice-help, debian-reference: translated documentation aligned "
+                             "paragraph by paragraph, one or a comma-separated list of them united in one corpus; "
+                             f"{ALL_DOCS}: all three")
     parser.add_argument("--out", default="corpora", help="writes <out>/<source>-en-<lang>/train.jsonl")
     parser.add_argument("--locale_dir", default=SYSTEM_LOCALE_DIR, help="where --source system looks for catalogs")
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR,
-                        help="where --source libreoffice and gnome-help keep downloaded and unpacked packages")
-    parser.add_argument("--max_pairs", type=int,
-                        help="also write a random sample of this many pairs to <out>/<source>-en-<lang>-<N>/")
+                        help="where the sources other than system keep downloaded and unpacked packages")
+    parser.add_argument("--max_pairs", type=int, help="also write a random sample of this many pairs to "
+                                                      "<out>/<source>-en-<lang>-<N>/ (system and libreoffice)")
     args = parser.parse_args(argv)
     if args.max_pairs is not None and args.max_pairs < 1:
         parser.error("--max_pairs: must be positive")
     args.langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     if not args.langs:
         parser.error("--langs: give at least one language")
+    args.sources = [source.strip() for source in args.source.split(",") if source.strip()]
+    args.sources = list(DOC_SOURCES) if args.sources == [ALL_DOCS] else args.sources
+    if not (len(args.sources) == 1 and args.sources[0] in CATALOG_SOURCES or
+            args.sources and set(args.sources) <= set(DOC_SOURCES) and len(set(args.sources)) == len(args.sources)):
+        parser.error(f"--source: one of {', '.join(CATALOG_SOURCES)}, {ALL_DOCS}, or documentation sources among "
+                     f"{', '.join(DOC_SOURCES)} (comma-separated, each once)")
+    args.name = ALL_DOCS if args.source.strip() == ALL_DOCS else "+".join(args.sources)
     return args
+
+
+def write_doc_corpora(args: argparse.Namespace) -> None:
+    """One corpus per language uniting the documentation sources asked for; prints what each source gave."""
+    for lang in args.langs:
+        counts = {source: DocCounts() for source in args.sources}
+        documents = {source: DOC_SOURCES[source](args.cache_dir, lang, counts[source]) for source in args.sources}
+        out = Path(args.out) / f"{args.name}-en-{lang}"
+        write_aligned_corpus(documents, counts, lang, out)
+        totals = {split: sum(c.splits[split] for c in counts.values()) for split in ("train", "validation", "test")}
+        print(f"{out}: " + ", ".join(f"{split} {count}" for split, count in totals.items()) + " pairs")
+        for source, source_counts in counts.items():
+            print(f"  {source}: {source_counts.summary()}")
+
+
+def write_catalog_corpora(args: argparse.Namespace) -> None:
+    if args.name == "system":
+        # Every language is checked before anything is written, so a typo costs no half-finished run.
+        catalogs = {lang: system_catalogs(lang, args.locale_dir) for lang in args.langs}
+    else:
+        catalogs = {lang: libreoffice_catalogs(lang, args.cache_dir) for lang in args.langs}
+    for lang, files in catalogs.items():
+        out_file = Path(args.out) / f"{args.name}-en-{lang}" / "train.jsonl"
+        counts = write_corpus(files, lang, out_file)
+        print(f"{out_file}: {counts.pairs} pairs")
+        print(f"  {args.name}-en-{lang}: {counts.summary()}")
+        if args.max_pairs:
+            sample = Path(args.out) / f"{args.name}-en-{lang}-{args.max_pairs}" / "train.jsonl"
+            print(f"{sample}: {write_sample(out_file, args.max_pairs, sample)} pairs drawn at random")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
-        if args.source == "gnome-help":
-            help_roots = gnome_help_roots(args.cache_dir)
-            for lang in args.langs:
-                out = Path(args.out) / f"gnome-help-en-{lang}"
-                counts = write_help_corpus(help_roots, lang, out)
-                print(f"{out}: {counts.summary()}")
-            return
-        if args.source == "system":
-            # Every language is checked before anything is written, so a typo costs no half-finished run.
-            catalogs = {lang: system_catalogs(lang, args.locale_dir) for lang in args.langs}
+        if args.sources[0] in CATALOG_SOURCES:
+            write_catalog_corpora(args)
         else:
-            catalogs = {lang: libreoffice_catalogs(lang, args.cache_dir) for lang in args.langs}
-        for lang, files in catalogs.items():
-            out_file = Path(args.out) / f"{args.source}-en-{lang}" / "train.jsonl"
-            counts = write_corpus(files, lang, out_file)
-            print(f"{out_file}: {counts.pairs} pairs")
-            print(f"  {args.source}-en-{lang}: {counts.summary()}")
-            if args.max_pairs:
-                sample = Path(args.out) / f"{args.source}-en-{lang}-{args.max_pairs}" / "train.jsonl"
-                print(f"{sample}: {write_sample(out_file, args.max_pairs, sample)} pairs drawn at random")
+            write_doc_corpora(args)
     except CorpusError as e:
         raise SystemExit(f"real_corpora.py: error: {e}") from None
 
