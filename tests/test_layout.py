@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MAX_FLOORS, MAX_FUNCTION_LINES, MAX_CLASS_LINES, MAX_README_LINES = 5, 60, 160, 250
 # Programs whose own output (translations, tables, the fault hook's cue, the log handler itself) is printed.
-MAY_PRINT = {"train", "translate", "export", "bench", "real_corpora", "faults", "monitor"}
+MAY_PRINT = {"train", "translate", "export", "bench", "real_corpora", "faults", "monitor", "compare_hf"}
 
 
 def rooms() -> dict[str, ast.Module]:
