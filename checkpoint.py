@@ -29,6 +29,7 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "epoch_samp
 WEIGHTS_KEYS = ("model", "step", "config", "tokenizers")  # a file of weights only (averaged): enough to translate
 POINTERS = ("latest", "best")  # files naming the newest checkpoint and the best by validation BLEU, as DeepSpeed's
 RETRY_DELAYS_S = (1.0, 4.0, 16.0)  # transient network-drive errors usually pass within seconds
+STOPPED = "stopped"  # the exit status of a run stopped by a signal, for the shell that ran torchrun
 
 
 def checkpoint_path(folder: str, step: int) -> str:
@@ -138,6 +139,23 @@ def _point(folder: str, step: int, best_step: int | None) -> None:
     for pointer, path in zip(POINTERS, (checkpoint_path(folder, step), best if best and os.path.exists(best) else
                                         checkpoint_path(folder, step))):
         replace_text(os.path.join(folder, pointer), os.path.basename(path) + "\n")
+
+
+def mark_stopped(folder: str, status: int) -> None:
+    """Rank 0, once the checkpoint of a stop is committed: `stopped` holds the run's exit status (143 for SIGTERM).
+    torchrun exits 1 when it is itself signalled, whatever its workers return; a wrapper reads the status here."""
+    try:
+        replace_text(os.path.join(folder, STOPPED), f"{status}\n")
+    except OSError as e:
+        log.warning(f"could not write {os.path.join(folder, STOPPED)}: {e}")
+
+
+def clear_stopped(folder: str) -> None:
+    """Rank 0, at the start of a run: an earlier stop's `stopped` file no longer describes the folder."""
+    try:
+        os.remove(os.path.join(folder, STOPPED))
+    except FileNotFoundError:
+        pass
 
 
 def load_checkpoint(path: str, weights_will_do: bool = False) -> dict:

@@ -2,11 +2,25 @@
 
 Every room raises `UserError` for bad input (a flag, a file, a folder); the command-line programs catch it and exit
 with status 2 after printing `error: <message>`. Nothing here imports another room of the project.
+
+The exit statuses of train.py, so that job controllers (Slurm requeue scripts, Kubernetes) tell the outcomes apart:
+0 finished, 1 crashed (a traceback), 2 refused its input (one `error:` line), 128 + N stopped by signal N after
+committing a checkpoint (143 for SIGTERM, 130 for SIGINT: what shells, Slurm and Kubernetes already report for a
+process those signals end, so scripts that requeue on 143 work as they are).
 """
+
+import signal
+
+USER_ERROR_EXIT = 2
 
 
 class UserError(Exception):
-    """A mistake in the user's input: reported as one line, with a non-zero exit, on every rank."""
+    """A mistake in the user's input: reported as one line, once per job, with exit status 2 on every rank."""
+
+
+def stopped_exit(signum: int) -> int:
+    """The exit status of a run stopped by signal `signum` once its checkpoint is committed: 128 + the number."""
+    return 128 + signal.Signals(signum).value
 
 
 def first_line(error: BaseException) -> str:

@@ -8,7 +8,9 @@ Reads top to bottom: config -> distributed setup -> data -> model -> optimizer -
 Global rank 0 alone writes to --model_folder (tokenizers, checkpoints, metrics.jsonl, W&B).
 """
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import math
@@ -38,7 +40,7 @@ from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sampl
 from distributed import (DistInfo, LateAgreement, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
                          init_distributed, main_first, on_main_only, raise_if_any_failed, run_on_main)
-from errors import UserError
+from errors import USER_ERROR_EXIT, UserError, stopped_exit
 from evaluation import evaluate
 from model import Transformer, count_parameters
 from optimization import StepResult, build_optimizer, lr_multiplier, train_step
@@ -100,6 +102,7 @@ class StopSignal:
 
     def __init__(self):
         self.received: str | None = None
+        self.signum = 0  # of the last signal: agreed across ranks (the highest: SIGTERM over SIGINT)
         self.received_at: float | None = None  # time.perf_counter() of the first signal
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
@@ -109,7 +112,7 @@ class StopSignal:
             raise KeyboardInterrupt
         if self.received is None:
             self.received_at = time.perf_counter()
-        self.received = signal.Signals(signum).name
+        self.received, self.signum = signal.Signals(signum).name, max(self.signum, signum)
 
 
 def check_folder_is_shared(cfg: Config, info: DistInfo) -> None:
@@ -155,8 +158,9 @@ class Window:
         self.steps += 1
 
 
-def train(cfg: Config, info: DistInfo) -> None:
-    """The whole run, in phases: setup, data, model, resume, loop, finish."""
+def train(cfg: Config, info: DistInfo) -> int:
+    """The whole run, in phases: setup, data, model, resume, loop, finish. Its exit status: 0, or that of a stop
+    (errors.stopped_exit)."""
     started = time.perf_counter()
     parallel.check_strategy(cfg)
     precision = runtime.resolve_precision(cfg.precision, info.device)
@@ -169,8 +173,9 @@ def train(cfg: Config, info: DistInfo) -> None:
     state = resume(cfg, info, run_data, parts)
     run_on_main(lambda: claim_folder(cfg, run_data))
     run = Run(cfg, info, run_data, parts, state, runtime.make_autocast(precision, info.device))
-    stopping = run.loop()
-    run.finish(stopping)
+    stopped_by = run.loop()
+    run.finish(stopped_by)
+    return stopped_exit(stopped_by) if stopped_by else 0
 
 
 @dataclass
@@ -260,6 +265,7 @@ def claim_folder(cfg: Config, run_data: RunData) -> None:
     os.makedirs(cfg.model_folder, exist_ok=True)
     tokenizer.save_tokenizers(cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), run_data.tokenizer_json)
     remove_stale_temporaries(cfg.model_folder)
+    checkpoint.clear_stopped(cfg.model_folder)
     # The settings this run resolved, every default included: what the run did, readable without torch.
     replace_text(os.path.join(cfg.model_folder, "config.json"), json.dumps(to_dict(cfg), indent=2) + "\n")
 
@@ -514,7 +520,7 @@ class Run:
         self.validation = Validation(cfg, info, run_data, parts, state, autocast, self.monitor)
         self.in_epoch = False  # batches taken from the current epoch: the position is read from them at save time
         self.last_eval_step = -1
-        self.ending: str | None = None  # agreed by every rank: "signal" (a stop) or "time" (--max_time spent)
+        self.ending, self.stopped_by = None, 0  # agreed by all ranks: "signal" (signal stopped_by) or "time" spent
         self.stop_since: tuple[float, str] | None = None  # when a stop signal came (or was agreed), and which
         self.overflow_step = faults.overflow_step()
 
@@ -534,9 +540,9 @@ class Run:
         if self.validation.validate():
             self.save()
 
-    def loop(self) -> bool:
-        """Optimizer steps until --num_epochs, --max_steps or --max_time, or a stop signal (True then), each over
-        --grad_accum_steps micro-batches; validates and saves along the way."""
+    def loop(self) -> int:
+        """Optimizer steps until --num_epochs, --max_steps or --max_time, or a stop signal (its agreed number is
+        returned, else 0), each over --grad_accum_steps micro-batches; validates and saves along the way."""
         state, parts = self.state, self.parts
         parts.raw_model.train()
         self.stop, self.agree = StopSignal(), LateAgreement()
@@ -553,7 +559,7 @@ class Run:
         elif self.ending == "time":
             log.info(f"--max_time {self.cfg.max_time} spent ({parts.budget.spent():.0f} s): training ends at step "
                      f"{state.step}")
-        return self.ending == "signal"
+        return self.stopped_by if self.ending == "signal" else 0
 
     def run_epoch(self) -> None:
         """The current epoch's steps, from where it stands, until it ends, --max_steps, or the run's end."""
@@ -608,8 +614,9 @@ class Run:
         state, cfg, budget = self.state, self.cfg, self.parts.budget
         # A signal may reach one rank only, and clocks differ: every rank stops after this same step, and takes
         # the same learning rate from the same agreed share of the budget.
-        signalled, budget.agreed = self.agree([float(self.stop.received is not None), budget.share_spent()])
+        signalled, budget.agreed = self.agree([float(self.stop.signum), budget.share_spent()])
         self.ending = "signal" if signalled > 0 else "time" if budget.agreed >= 1.0 else None
+        self.stopped_by = int(signalled)
         if state.step % cfg.log_every == 0 or state.step == self.parts.total_steps:
             # every rank at the same steps: a collective
             self.metrics.log_window(state.step, state.epoch, result, self.skipped_steps, self.parts.scheduler)
@@ -632,16 +639,15 @@ class Run:
             self.validate()
         self.save()
 
-    def finish(self, stopping: bool) -> None:
-        """Collective. The last validation and checkpoint; unless stopped by a signal, checkpoint averaging and the
-        test split scored by the best checkpoint."""
+    def finish(self, stopped_by: int) -> None:
+        """Collective. The last validation and checkpoint; unless stopped by a signal (`stopped_by`, else 0),
+        checkpoint averaging and the test split scored by the best checkpoint."""
         cfg, state = self.cfg, self.state
-        if not stopping and self.last_eval_step != state.step:
+        if not stopped_by and self.last_eval_step != state.step:
             self.validate()
         self.save()
-        if stopping:
-            since, what = self.stop_since
-            log.info(f"checkpoint of step {state.step} committed {time.perf_counter() - since:.1f} s after the {what}")
+        if stopped_by:
+            report_stop(cfg, state.step, self.stop_since, stopped_by)
         else:
             self.checkpoints.average_last()
             self.validation.score_test_split()
@@ -653,6 +659,15 @@ class Run:
                      f"{cfg.seq_len} and {batches.dropped_empty} empty ones skipped")
         self.monitor.close()
         log.info(f"done: {state.step} steps, {int(self.skipped_steps.item())} skipped")
+
+
+def report_stop(cfg: Config, step: int, since: tuple[float, str], stopped_by: int) -> None:
+    """Collective, once the checkpoint of a stop is committed: how long the stop took, and the exit status, logged
+    and, for the shell that ran torchrun (which exits 1 when it is stopped, whatever its workers return), written to
+    the model folder's `stopped` file."""
+    log.info(f"checkpoint of step {step} committed {time.perf_counter() - since[0]:.1f} s after the {since[1]}; "
+             f"exit status {stopped_exit(stopped_by)} ({signal.Signals(stopped_by).name})")
+    run_on_main(lambda: checkpoint.mark_stopped(cfg.model_folder, stopped_exit(stopped_by)))
 
 
 def metrics_line(step: int, metrics: dict, peak: float, total_steps: int | float, eta_s: float | None) -> str:
@@ -742,18 +757,33 @@ def placeholder_text(result) -> str:
     return "n/a (none in the references)" if result.placeholder_match is None else f"{result.placeholder_match:.1%}"
 
 
+def report(error: UserError, rank: int, every_rank_raises: bool) -> None:
+    """The one line of an error, once per job: said by global rank 0 when every rank raises it alike (validation,
+    and every check once the ranks are connected: they agree on the outcome), else by the rank that has it (its own
+    GPU, before the process group exists); the other ranks keep it in the debug log."""
+    if rank == 0 or not every_rank_raises:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    else:
+        log.debug(f"error: {error}")
+
+
 @record
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(argv)
-    exit_code = 0
-    setup_logging(rank=int(os.environ.get("RANK", "0")))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    # argparse's errors once per node, by its local rank 0 (a --config file may be missing on one node only)
+    with contextlib.redirect_stderr(io.StringIO()) if local_rank else contextlib.nullcontext():
+        cfg = parse_config(argv)
+    exit_code, every_rank_raises = 0, True
+    setup_logging(rank=rank)
     try:
         validate(cfg)  # identical on every rank, so all ranks stop here together, before any collective
+        every_rank_raises = False
         info = init_distributed(cfg.dist_timeout, cfg.device)
-        train(cfg, info)
+        every_rank_raises = True
+        exit_code = train(cfg, info)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        exit_code = 2
+        report(e, rank, every_rank_raises)
+        exit_code = USER_ERROR_EXIT
     finally:
         destroy_distributed()
     if exit_code:

@@ -1,6 +1,7 @@
 """Tests only: launched by torchrun in place of train.py, runs train.py's main with the same arguments and writes
 this rank's exit status to $EXIT_STATUS_DIR/rank<RANK>. torchrun does not report its workers' statuses when it is
-itself stopped by a signal, and "every rank exits 0" is what the preemption tests must see."""
+itself stopped by a signal (it exits 1), and "every rank exits with the stop's status, 128 + the signal" is what the
+preemption tests must see."""
 
 import os
 import sys

@@ -231,17 +231,19 @@ def test_a_source_batch_without_padding_attends_without_a_mask_and_trains_alike(
         assert masks == expected  # collate knows from the lengths whether a source holds padding
 
 
-def test_cuda_setup_pins_attention_away_from_cudnn(monkeypatch):
-    enabled = torch.backends.cuda.cudnn_sdp_enabled()
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+def test_cuda_setup_pins_attention_away_from_cudnn():
+    # Saved and restored by hand: torch.backends' flags are properties of module objects, which monkeypatch (pytest
+    # 9.2) cannot undo.
+    saved = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
     try:
         runtime.configure_cuda(torch.device("cpu"))
-        assert torch.backends.cuda.cudnn_sdp_enabled() == enabled  # nothing changes for a CPU run
+        assert torch.backends.cuda.cudnn_sdp_enabled() == saved[0]  # nothing changes for a CPU run
         runtime.configure_cuda(torch.device("cuda", 0))
         assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
     finally:
-        torch.backends.cuda.enable_cudnn_sdp(enabled)
+        torch.backends.cuda.enable_cudnn_sdp(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
 
 
 def test_fsdp_keeps_gathered_layers_until_backward_within_a_node_only():

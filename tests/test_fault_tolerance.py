@@ -27,12 +27,21 @@ MODEL = [*TINY_MODEL, "--d_model", "64", "--d_ff", "128", "--dropout", "0.2", "-
          "--max_steps", str(STEPS)]
 
 
+# The wrapper docs/fault-tolerance.md gives for torchrun, which exits 1 when it is signalled: the shell outlives
+# torchrun (which stops its workers first) and exits with the status the run wrote in its model folder.
+WRAPPER = ('rm -f "$FOLDER/stopped"; trap : INT TERM; "$@"; status=$?; '
+           '[ -f "$FOLDER/stopped" ] && status=$(cat "$FOLDER/stopped"); exit $status')
+
+
 def start(folder, corpus, nproc=2, launcher=("--standalone",), env=None, extra=(), script="train.py",
-          python_only=False) -> subprocess.Popen:
-    """torchrun (or, with python_only, plain python) running `script` in a process group of its own, as a job
-    started from a shell is: a signal to the group reaches what a Ctrl-C or `kill -- -PGID` would."""
+          python_only=False, wrapped=False) -> subprocess.Popen:
+    """torchrun (or, with python_only, plain python; with wrapped, torchrun in WRAPPER) running `script` in a process
+    group of its own, as a job started from a shell is: a signal to the group reaches what a Ctrl-C or
+    `kill -- -PGID` would."""
     launch = [] if python_only else ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *launcher]
     command = [sys.executable, *launch, script, *MODEL, "--data_files", corpus, "--model_folder", str(folder), *extra]
+    if wrapped:
+        command, env = ["bash", "-c", WRAPPER, "bash", *command], {**(env or {}), "FOLDER": str(folder)}
     return subprocess.Popen(command, cwd=ROOT, env=child_env(env), text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -205,56 +214,62 @@ def test_nodes_with_different_folders_stop_clearly_when_rank_0_sees_no_checkpoin
               for _ in range(2)]
     results = [finish(agent) for agent in agents]
     assert all(code != 0 for code, _, _ in results)
-    for _, _, err in results:
-        assert "error: --model_folder" in err and "sees checkpoint step 4 but global rank 0 sees none" in err
+    said = "".join(err for _, _, err in results)  # every rank stops, and global rank 0 alone says why
+    assert said.count("error: --model_folder") == 1 and "sees checkpoint step 4 but global rank 0 sees none" in said
     assert checkpoint_steps(a) == [2, 4] and not b.exists()  # nothing written
 
 
-def stopped_run(folder, corpus, statuses, when: str, stop) -> tuple[str, str, int]:
+def stopped_run(folder, corpus, statuses, when: str, stop, status: int, wrapped=False) -> tuple[str, str, int]:
     """A run of two ranks, each with two DataLoader workers (through tests/exit_status.py), given `stop(run)` once it
-    prints a line starting with `when`: (stdout, stderr, the step it saved), after checking every rank exited 0."""
+    prints a line starting with `when`: (stdout, stderr, the step it saved), after checking that every rank exited
+    with `status` and wrote it to the model folder, and what the command returned: torchrun's 1, or, `wrapped`
+    (WRAPPER), `status`."""
     statuses.mkdir()
     run = start(folder, corpus, extra=["--num_workers", "2"], script="tests/exit_status.py",
-                env={"EXIT_STATUS_DIR": str(statuses)})
+                env={"EXIT_STATUS_DIR": str(statuses)}, wrapped=wrapped)
     before = wait_for_line(run, when)
     stop(run)
-    _, out, err = finish(run, timeout=60)
+    code, out, err = finish(run, timeout=60)
     out = "".join(before) + out
     assert sorted(os.listdir(statuses)) == ["rank0", "rank1"], err[-3000:]
-    assert [(statuses / f"rank{r}").read_text() for r in (0, 1)] == ["0", "0"], err[-3000:]
+    assert [(statuses / f"rank{r}").read_text() for r in (0, 1)] == [str(status)] * 2, err[-3000:]
+    assert (folder / "stopped").read_text() == f"{status}\n" and code == (status if wrapped else 1), err[-3000:]
     return out, err, checkpoint.list_checkpoints(str(folder))[-1][0]
 
 
-def test_stopped_by_sigterm_to_one_rank_or_by_signals_to_the_group_every_rank_exits_0_and_resumes_bit_identical(
+def test_stopped_by_sigterm_to_one_rank_or_by_signals_to_the_group_every_rank_exits_128_plus_the_signal_and_resumes(
         tmp_path, toy_corpus, reference):
-    """One run stopped three times, each time resumed: by SIGTERM to rank 1 alone (rank 0 must learn it through the
-    group), then by Ctrl-C and by SIGTERM to torchrun's process group (spot preemption, docker stop,
-    `kill -- -PGID`: torchrun forwards SIGTERM to each worker's process group, DataLoader workers included)."""
+    """One run stopped three times, each time resumed bit for bit: by SIGTERM to rank 1 alone (rank 0 must learn it
+    through the group), then by Ctrl-C and by SIGTERM to the process group of WRAPPER's shell and torchrun (spot
+    preemption, docker stop, `kill -- -PGID`: torchrun forwards SIGTERM to each worker's process group, DataLoader
+    workers included). Every rank exits 143 after SIGTERM, 130 after SIGINT; the wrapped command too."""
     folder = tmp_path / "w"
     out, _, stopped_at = stopped_run(folder, toy_corpus, tmp_path / "statuses-1", "step 3/",
-                                     lambda run: os.kill(worker_pid([run], 1), signal.SIGTERM))
-    assert "stop requested (on another rank)" in out
+                                     lambda run: os.kill(worker_pid([run], 1), signal.SIGTERM), 143)
+    assert "stop requested (on another rank)" in out and "exit status 143 (SIGTERM)" in out
     assert 3 <= stopped_at < STEPS and f"saved {folder}/ckpt_{stopped_at:08d}.pt" in out
-    for attempt, sig in enumerate((signal.SIGINT, signal.SIGTERM), start=2):
+    for attempt, sig, status in ((2, signal.SIGINT, 130), (3, signal.SIGTERM, 143)):
         before = stopped_at
         out, err, stopped_at = stopped_run(folder, toy_corpus, tmp_path / f"statuses-{attempt}",
-                                           f"step {before + 2}/", lambda run: os.killpg(run.pid, sig))
+                                           f"step {before + 2}/", lambda run: os.killpg(run.pid, sig), status,
+                                           wrapped=sig == signal.SIGTERM)
         assert f"resumed from step {before}" in out
         assert "DataLoader worker" not in err and f"stop requested ({sig.name})" in out
         assert before + 2 <= stopped_at < STEPS and f"checkpoint of step {stopped_at} committed" in out
     code, out, err = finish(start(folder, toy_corpus, extra=["--num_workers", "2"]))
     assert code == 0 and f"resumed from step {stopped_at}" in out, err[-3000:]
+    assert not (folder / "stopped").exists()  # a new start removes an earlier stop's file
     assert_bit_identical(final_parameters(folder), reference)
 
 
-def test_ctrl_c_on_a_python_run_with_data_workers_skips_a_due_evaluation_saves_and_exits_0(tmp_path, toy_corpus):
+def test_ctrl_c_on_a_python_run_with_data_workers_skips_a_due_evaluation_saves_and_exits_130(tmp_path, toy_corpus):
     """Without torchrun, a Ctrl-C reaches the trainer and its DataLoader workers at once. Every step is an evaluation
     step here: after the signal, none runs before the checkpoint."""
     run = start(tmp_path, toy_corpus, extra=["--num_workers", "2", "--eval_every", "1"], python_only=True)
     wait_for_line(run, "step 3 | val loss")
     os.killpg(run.pid, signal.SIGINT)
     code, out, err = finish(run, timeout=60)
-    assert code == 0, err[-3000:]
+    assert code == 130, err[-3000:]
     stopped_at = checkpoint.list_checkpoints(str(tmp_path))[-1][0]
     assert "stop requested (SIGINT)" in out and f"checkpoint of step {stopped_at} committed" in out
     lines = out.splitlines()

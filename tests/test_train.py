@@ -233,12 +233,26 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, toy_corpus, ca
 
 
 @pytest.mark.e2e
-def test_bad_input_stops_every_rank_of_a_torchrun_job(tmp_path, toy_corpus):
+def test_bad_input_stops_every_rank_of_a_torchrun_job_and_is_said_once(tmp_path, toy_corpus):
     result = torchrun(2, [*TINY_MODEL, "--data_files", toy_corpus, "--lang_tgt", "fr", "--model_folder",
                           str(tmp_path / "w")], extra=["--standalone"], timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.count("error: --lang_tgt: language 'fr' is not in the corpus") == 2  # on each rank
+    assert result.returncode == 1  # torchrun's, for workers that exit non-zero
+    assert result.stderr.count("error: --lang_tgt: language 'fr' is not in the corpus") == 1  # by global rank 0
+    assert "exitcode  : 2" in result.stderr  # torchrun's summary of the first rank to exit (the other may be stopped)
     assert not (tmp_path / "w").exists()
+
+
+def test_ranks_other_than_0_exit_2_without_a_word_on_an_error_every_rank_sees(toy_corpus, monkeypatch, capsys):
+    """Validation and argparse fail alike on every rank: global rank 0 (argparse: local rank 0 of each node) says it."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for flags in (["--num_heads", "3"], ["--no_such_flag"]):
+        code, out, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, *flags], capsys)
+        assert code == 2 and out == "" and err == ""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    code, _, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--num_heads", "3"], capsys)
+    assert code == 2 and err.startswith("error: --num_heads: must divide --d_model")
 
 
 def test_help_lists_every_flag(capsys):
