@@ -14,7 +14,7 @@ from decoding import PlaceholderBudget, decode_tokens
 from distributed import DistInfo, dist_sum, gather_to_main
 from model import cross_entropy_sum
 from progress import progress
-from tokenizer import PAD_ID, placeholders
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, placeholders
 
 
 @dataclass
@@ -34,6 +34,18 @@ def _length_sorted_batches(dataset: TranslationDataset, indices: list[int], batc
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start:start + batch_size]
         yield chunk, collate([dataset[i] for i in chunk], dataset.max_len)
+
+
+def tokenize_as_given(pairs: list[tuple[str, str]], src_tokenizer, tgt_tokenizer,
+                      seq_len: int) -> tuple[TranslationDataset, int]:
+    """Every pair of a split scored as given (a test split: published figures count all of it), none dropped: a
+    source longer than `seq_len` is cut to fit the model's positions, and its reference, scored as text, stays whole
+    (cut only for the loss). Returns the dataset (example i is pair i) and how many sources were cut."""
+    src_ids = [e.ids for e in src_tokenizer.encode_batch([p[0] for p in pairs], add_special_tokens=False)]
+    tgt_ids = [e.ids for e in tgt_tokenizer.encode_batch([p[1] for p in pairs], add_special_tokens=False)]
+    cut = sum(len(ids) + 1 > seq_len for ids in src_ids)
+    return TranslationDataset([ids[:seq_len - 1] + [EOS_ID] for ids in src_ids],
+                              [([BOS_ID] + ids + [EOS_ID])[:seq_len] for ids in tgt_ids], seq_len), cut
 
 
 @torch.no_grad()

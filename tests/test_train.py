@@ -13,7 +13,7 @@ import tokenizer as tok
 import runtime
 import optimization
 import train
-from helpers import TINY_MODEL, checkpoint_steps, metrics, toy_pairs, torchrun
+from helpers import TINY_MODEL, checkpoint_steps, metrics, toy_pairs, torchrun, write_jsonl
 
 
 @pytest.mark.e2e
@@ -180,6 +180,21 @@ def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_
     (tmp_path / "w2" / "tokenizer_it.json").write_text(other.to_str()[:100])  # cut short by a crash of another tool
     code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2")], capsys)
     assert code == 2 and "tokenizer_it.json cannot be read" in err and "Traceback" not in err
+
+
+def test_the_test_split_is_scored_whole_as_given_with_long_sources_cut_to_fit(tmp_path, toy_corpus, capsys):
+    """No cleaning and no --seq_len filter: a duplicate, an empty reference, an implausible length ratio and a source
+    four times --seq_len all count, as in published figures."""
+    rows = toy_pairs(6, seed=7)
+    rows += [rows[0], ("The dog.", ""), ("A cat.", "Un gatto che guarda il giardino grande e vecchio del ragazzo."),
+             (" ".join(source for source, _ in toy_pairs(8, seed=9)), "Il gatto.")]
+    test_file = write_jsonl(tmp_path / "test.jsonl", rows)
+    code, out, err = run_in_process([*TINY_MODEL, "--data_files", f"train={toy_corpus},test={test_file}",
+                                     "--valid_size", "20", "--seq_len", "16", "--max_steps", "2", "--beam_size", "1",
+                                     "--model_folder", str(tmp_path / "w")], capsys)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("test ("))
+    assert "| 10 sentences, all of the split (1 sources longer than --seq_len cut to fit) | nrefs:1|" in line
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path, toy_corpus, capsys):
