@@ -287,6 +287,46 @@ def load_model_weights(path: str) -> dict | None:
         return None
 
 
+def read_weights_source(path: str) -> dict:
+    """--init_from: {"model", "config", "path", "step", "folder" (where its tokenizers are), "tokenizers" (their
+    fingerprints, where recorded)} of a checkpoint or weights file; of a model folder (the checkpoint its `best`
+    file names, else its newest) or of its `latest` or `best` file; or of an export.py folder (model.safetensors,
+    config.json and the tokenizers). Rank 0 reads it; any fault is a UserError naming it."""
+    if os.path.isfile(os.path.join(path, "model.safetensors")):
+        return _read_export(path)
+    folder, file = (path, "best") if os.path.isdir(path) else os.path.split(path)
+    if file in POINTERS and os.path.isfile(os.path.join(folder, file)):
+        with open(os.path.join(folder, file)) as f:
+            path = os.path.join(folder, f.read().strip())
+    elif os.path.isdir(path) and list_checkpoints(path):
+        path = list_checkpoints(path)[-1][1]
+    if not os.path.isfile(path):
+        raise UserError(f"--init_from {path}: no such file, and no folder with a complete checkpoint or a "
+                        f"model.safetensors")
+    try:
+        state = load_checkpoint(path, weights_will_do=True)
+    except UserError as e:
+        raise UserError(f"--init_from: {e}") from None
+    except Exception as e:
+        raise UserError(f"--init_from {path}: cannot read it ({first_line(e)}); give a checkpoint file, a model "
+                        f"folder or an export.py folder") from None
+    return {"model": state["model"], "config": state["config"], "path": path, "step": state["step"],
+            "folder": os.path.dirname(path), "tokenizers": state.get("tokenizers")}
+
+
+def _read_export(folder: str) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            exported = json.load(f)
+        config, model = exported["settings"], load_file(os.path.join(folder, "model.safetensors"))
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--init_from {folder}: not an export.py folder that loads ({described(e)})") from None
+    return {"model": model, "config": config, "path": folder, "step": exported.get("step", 0), "folder": folder,
+            "tokenizers": None}
+
+
 def newest_step(folder: str) -> int:
     """The newest complete checkpoint's step in this process's view of the folder; -1 if none."""
     found = list_checkpoints(folder)

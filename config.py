@@ -111,6 +111,10 @@ class Config:
     model_folder: str = _setting("weights", "folder for checkpoints, tokenizers and metrics (shared by all nodes)")
     preload: str = _setting("latest", "resume from: 'latest' checkpoint in --model_folder, 'none', a step number "
                                       "or a checkpoint path")
+    init_from: str | None = _setting(None, "start a new run (step 0, fresh optimizer, schedule and data order) from "
+                                           "the weights and tokenizers of a checkpoint file, a model folder (its "
+                                           "best checkpoint) or an export.py folder; a --model_folder that holds "
+                                           "checkpoints resumes from them instead")
     save_every: int = _setting(1000, "save a checkpoint every N optimizer steps (and at the end of training)")
     keep_last: int = _setting(3, "keep this many most recent checkpoints (at least 2), plus the best by BLEU")
     average_last: int = _setting(0, "at the end of training, average the parameters of the last N checkpoints "
@@ -318,6 +322,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.dataset_config is None or cfg.dataset != "builtin", "dataset_config",
            "only applies to a hub dataset; the builtin corpus has none")
     _check(bool(cfg.preload.strip()), "preload", "expected 'latest', 'none', a step number or a checkpoint path")
+    _check(cfg.init_from is None or cfg.preload in ("latest", "none"), "init_from",
+           f"starts from weights, --preload {cfg.preload} resumes a checkpoint: give one of them")
 
 
 # The published Transformer recipe by training-corpus size, as (fewer pairs than, dropout, vocabulary per tokenizer):

@@ -9,6 +9,7 @@ Global rank 0 alone writes to --model_folder (tokenizers, checkpoints, metrics.j
 """
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -51,9 +52,13 @@ from tokenizer import PAD_ID
 
 log = logging.getLogger("translation")
 
-# Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies.
+# Settings a checkpoint must share with the run that resumes it: they define the network and its vocabularies
+# (--vocab_size too: the folder's tokenizers, trained with the checkpoint's, are reused and would silently disagree).
 ARCHITECTURE_SETTINGS = ("lang_src", "lang_tgt", "d_model", "num_layers", "num_heads", "d_ff", "tie_embeddings",
-                         "share_vocab")
+                         "share_vocab", "vocab_size")
+# Settings of the data that a resumed run may change, warned about by name: the run goes on over other pairs.
+DATA_SETTINGS = ("dataset", "dataset_config", "data_files", "streaming", "seq_len", "valid_size", "test_size",
+                 "tokenizer_sample", "shuffle_buffer")
 
 
 def rng_state(device: torch.device) -> dict:
@@ -73,13 +78,27 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def check_resumable(saved: dict, cfg: Config, tokenizer_ids: dict) -> None:
     """A clear error, naming the difference, when a checkpoint does not fit this run."""
     saved_cfg = saved["config"]
-    diffs = [f"--{k} {saved_cfg.get(k)} (checkpoint) vs {getattr(cfg, k)} (now)"
-             for k in ARCHITECTURE_SETTINGS if saved_cfg.get(k) != getattr(cfg, k)]
+    diffs = [f"--{k} {saved_cfg[k]} (checkpoint) vs {getattr(cfg, k)} (now)"
+             for k in ARCHITECTURE_SETTINGS if k in saved_cfg and saved_cfg[k] != getattr(cfg, k)]
     diffs += [f"the {side} tokenizer differs from the checkpoint's" for side in ("src", "tgt")
               if saved["tokenizers"][side] != tokenizer_ids[side]]
     if diffs:
-        raise UserError(f"cannot resume from step {saved['step']}: {'; '.join(diffs)} "
-                        f"(use the same settings, or another --model_folder)")
+        raise UserError(f"cannot resume from step {saved['step']}: {'; '.join(diffs)} (use the checkpoint's "
+                        f"settings, which a default chosen by corpus size or --max_time may not be, or another "
+                        f"--model_folder)")
+
+
+def warn_of_data_changes(saved: dict, cfg: Config) -> None:
+    """Rank 0: a resumed run may read other data than the run that saved the checkpoint (a larger corpus, another
+    --seq_len), but never silently: one warning names every change."""
+    saved_cfg = saved["config"]
+    changes = [f"--{k} {saved_cfg[k]} (checkpoint) -> {getattr(cfg, k)} (now)"
+               for k in DATA_SETTINGS if k in saved_cfg and saved_cfg[k] != getattr(cfg, k)]
+    if changes:
+        log.warning(f"resuming from step {saved['step']} with other data settings than the checkpoint's: "
+                    f"{'; '.join(changes)}. Training goes on from the same step and position in the epoch over the "
+                    f"data as now configured; validation scores compare across the change only if the validation "
+                    f"split is the same")
 
 
 def saved_position(saved: dict, cfg: Config, info: DistInfo):
@@ -190,11 +209,13 @@ class RunData:
     batches: object  # data.LoaderBatches or data.StreamBatches
     steps_per_epoch: int | None  # None for a stream
     num_workers: int
+    initial: dict | None = None  # --init_from: the weights (on rank 0), their tokenizers, path and step
 
 
 def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
     """Corpus, settings sized for it, tokenizers (built by rank 0 and handed to all), tokenized splits and this
     rank's batches. Nothing is written here (see `claim_folder`)."""
+    cfg, initial = network_to_start_from(cfg, info)
     pairs = main_first(lambda: load_corpus(cfg))  # rank 0 first: hub downloads land in the cache once
     given = cfg
     cfg, chosen = resolve_defaults(cfg, None if cfg.streaming else len(pairs["train"]), info.device.type)
@@ -203,10 +224,7 @@ def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
         log.info(f"defaults chosen: {chosen}")
     run_on_main(lambda: checkpoint.check_writable(cfg.model_folder))
     check_folder_is_shared(cfg, info)
-    # Rank 0 builds (or reuses) the tokenizers and hands their JSON to everyone: no file race, no shared folder needed.
-    texts = run_on_main(lambda: tokenizer.build_tokenizer_json(
-        cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), cfg.share_vocab, cfg.vocab_size,
-        lambda: tokenizer_sample(cfg, pairs)))
+    texts = run_tokenizers(cfg, pairs, initial)
     src_tok, tgt_tok = (tokenizer.tokenizer_from_json(text) for text in texts)
     valid_set = data.tokenize_pairs(pairs["validation"], src_tok, tgt_tok, cfg.seq_len)
     splits = [("validation", valid_set)]
@@ -229,7 +247,95 @@ def load_data(cfg: Config, info: DistInfo) -> tuple[Config, RunData]:
     if len(valid_set.dataset) == 0:
         raise UserError(f"--seq_len {cfg.seq_len}: no validation pair fits; raise --seq_len")
     ids = {side: tokenizer.fingerprint(text) for side, text in zip(("src", "tgt"), texts)}
-    return cfg, RunData(pairs, src_tok, tgt_tok, texts, ids, valid_set, batches, steps_per_epoch, num_workers)
+    return cfg, RunData(pairs, src_tok, tgt_tok, texts, ids, valid_set, batches, steps_per_epoch, num_workers,
+                        initial)
+
+
+def network_to_start_from(cfg: Config, info: DistInfo) -> tuple[Config, dict | None]:
+    """Collective. The settings with the network the run starts from, and --init_from's weights if they are used.
+    Settings of the network left unset are not chosen again by corpus size or budget (which may have changed) but
+    taken from what the run continues: a resumed run's previous start (config.json; the checkpoint is checked in
+    `resume`), or the weights of --init_from, whose settings given otherwise are refused. Resume wins over
+    --init_from, so that the command that started a run from weights continues it after a preemption or a crash.
+    The weights: {"model" (on rank 0), "tokenizers", "path", "step"}."""
+    newest, previous = run_on_main(lambda: previous_start(cfg))
+    if newest >= 0:
+        if cfg.init_from and info.is_main:
+            log.warning(f"--init_from {cfg.init_from} not used: {cfg.model_folder} holds checkpoints (the newest of "
+                        f"step {newest}) and the run resumes from them")
+        return network_of(cfg, previous or {}, "the run it resumes"), None
+    if cfg.init_from is None:
+        return cfg, None
+    source = on_main_only(lambda: read_weights_and_tokenizers(cfg.init_from))
+    about = broadcast_from_main(None if source is None else {k: v for k, v in source.items() if k != "model"})
+    cfg, saved = network_of(cfg, about["config"], "--init_from's weights"), about["config"]
+    diffs = [f"--{k} {getattr(cfg, k)} (now) vs {saved[k]} (the weights')"
+             for k in ARCHITECTURE_SETTINGS if k in saved and saved[k] != getattr(cfg, k)]
+    if diffs:
+        raise UserError(f"--init_from {about['path']}: {'; '.join(diffs)} (the weights fix the network and its "
+                        f"vocabularies: give their values, or leave these settings unset)")
+    return cfg, {**about, "model": source["model"] if source else None}
+
+
+def previous_start(cfg: Config) -> tuple[int, dict | None]:
+    """Rank 0: the newest checkpoint step a --preload latest resumes from (-1: none), and the settings the folder's
+    config.json holds (those of the start that wrote it; None when missing or unreadable)."""
+    newest = checkpoint.newest_step(cfg.model_folder) if cfg.preload == "latest" else -1
+    try:
+        with open(os.path.join(cfg.model_folder, "config.json"), encoding="utf-8") as f:
+            return newest, json.load(f) if newest >= 0 else None
+    except (OSError, ValueError):
+        return newest, None
+
+
+def network_of(cfg: Config, saved: dict, whose: str) -> Config:
+    """`cfg` with the settings of the network and vocabularies it leaves unset taken from `saved` (`whose`), logged."""
+    taken = {k: saved[k] for k in ARCHITECTURE_SETTINGS if getattr(cfg, k) is None and saved.get(k) is not None}
+    if taken:
+        log.info(f"as {whose}: {', '.join(f'--{k} {v}' for k, v in taken.items())}")
+    return dataclasses.replace(cfg, **taken)
+
+
+def read_weights_and_tokenizers(path: str) -> dict:
+    """Rank 0: --init_from's weights and settings (checkpoint.read_weights_source), with "tokenizers", the JSON of
+    the tokenizers beside them, which must be those the weights record."""
+    source = checkpoint.read_weights_source(path)
+    texts = []
+    for lang in (source["config"]["lang_src"], source["config"]["lang_tgt"]):
+        try:
+            with open(tokenizer.tokenizer_path(source["folder"], lang), encoding="utf-8") as f:
+                texts.append(f.read())
+        except OSError:
+            raise UserError(f"--init_from {path}: {tokenizer.tokenizer_path(source['folder'], lang)} is missing; "
+                            f"the tokenizers of the weights must sit beside them") from None
+    if source["tokenizers"] and [tokenizer.fingerprint(t) for t in texts] != [source["tokenizers"][side]
+                                                                              for side in ("src", "tgt")]:
+        raise UserError(f"--init_from {path}: the tokenizers beside it are not the ones its weights were trained "
+                        f"with")
+    return {**source, "tokenizers": tuple(texts)}
+
+
+def run_tokenizers(cfg: Config, pairs: dict, initial: dict | None) -> tuple[str, str]:
+    """Collective. The tokenizers' JSON, built (or reused from --model_folder) by rank 0 and handed to everyone: no
+    file race, no shared folder needed. With --init_from, the weights' own, which the folder must not contradict."""
+    if initial is None:
+        return run_on_main(lambda: tokenizer.build_tokenizer_json(
+            cfg.model_folder, (cfg.lang_src, cfg.lang_tgt), cfg.share_vocab, cfg.vocab_size,
+            lambda: tokenizer_sample(cfg, pairs)))
+    run_on_main(lambda: check_folder_tokenizers(cfg, initial["tokenizers"]))
+    return initial["tokenizers"]
+
+
+def check_folder_tokenizers(cfg: Config, texts: tuple[str, str]) -> None:
+    """Rank 0: tokenizers already in --model_folder (an earlier start that saved no checkpoint) must be the ones
+    that come with --init_from's weights, which the run keeps."""
+    for lang, text in zip((cfg.lang_src, cfg.lang_tgt), texts):
+        path = tokenizer.tokenizer_path(cfg.model_folder, lang)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() != text:
+                    raise UserError(f"--init_from {cfg.init_from}: {path} is another tokenizer than the weights'; "
+                                    f"remove it or use another --model_folder")
 
 
 def stream_batches(pairs: dict, src_tok, tgt_tok, cfg: Config, rank: int, world_size: int) -> data.StreamBatches:
@@ -353,8 +459,13 @@ def resume(cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts) ->
     saved = broadcast_tensors_from_main(read if read is None or weights_travel else
                                         {k: v for k, v in read.items() if k != "model"}, info.device)
     if not saved:
+        if run_data.initial is not None:
+            start_from_weights(parts.raw_model, run_data.initial, info)
+            run_data.initial = None  # the weights are in the model now
         return state
     check_resumable(saved, cfg, run_data.tokenizer_ids)
+    if info.is_main:
+        warn_of_data_changes(saved, cfg)
     model_state = saved["model"] if weights_travel else (read["model"] if info.is_main else None)
     parallel.load_full_state(parts.raw_model, parts.optimizer, model_state, saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
@@ -370,6 +481,29 @@ def resume(cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts) ->
              f"{'stream positions restored' if cfg.streaming else f'{state.position} samples into it'}"
              f"{f', {state.time_spent_s:.0f} s of --max_time spent' if cfg.max_time else ''})")
     return state
+
+
+def start_from_weights(raw_model: Transformer, initial: dict, info: DistInfo) -> None:
+    """Collective. --init_from's weights into the fresh model: on rank 0, whose parameters DDP copies to the other
+    ranks when it wraps, or on every rank under FSDP, each keeping its shards. Another parameter set is refused."""
+    sharded = parallel.is_sharded(raw_model)
+    weights = broadcast_tensors_from_main(initial["model"], info.device) if sharded else initial["model"]
+    error = None
+    if weights is not None:
+        expected = {name: tuple(value.shape) for name, value in raw_model.state_dict().items()}
+        found = {name: tuple(value.shape) for name, value in weights.items()}
+        wrong = [f"{name} {found.get(name, 'missing')} (the weights) vs {expected.get(name, 'none')} (this model)"
+                 for name in sorted(expected.keys() | found.keys()) if found.get(name) != expected.get(name)]
+        error = f"--init_from {initial['path']}: {'; '.join(wrong[:3])}" if wrong else None
+    raise_if_any_failed(error)
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(raw_model, dict(weights), options=StateDictOptions(full_state_dict=True))
+    elif weights is not None:
+        raw_model.load_state_dict(weights)
+    log.info(f"started from the weights of {initial['path']} (step {initial['step']} of its run) and its "
+             f"tokenizers: step 0, a fresh optimizer, schedule and data order")
 
 
 class Checkpointer:

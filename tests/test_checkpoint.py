@@ -157,3 +157,17 @@ def test_an_average_holds_weights_only_translates_and_is_refused_as_a_resume_poi
     with pytest.raises(checkpoint.UserError, match="averaged weights only"):
         checkpoint.read_preload(folder, path)
     assert checkpoint.read_preload(folder, "latest")["step"] == 4  # resume never picks the average
+
+
+def test_init_from_names_what_it_cannot_start_from(tmp_path):
+    (tmp_path / "w").mkdir()
+    checkpoint.save_checkpoint(str(tmp_path / "w"), 3, state(3), keep_last=2)
+    assert checkpoint.read_weights_source(str(tmp_path / "w"))["step"] == 3  # the folder's best (here, newest)
+    assert checkpoint.read_weights_source(str(tmp_path / "w" / "latest"))["path"].endswith("ckpt_00000003.pt")
+    (tmp_path / "empty").mkdir()
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    for path, message in ((tmp_path / "missing", "no such file, and no folder with a complete checkpoint"),
+                          (tmp_path / "empty", "no such file, and no folder with a complete checkpoint"),
+                          (tmp_path / "other.pt", r"cannot read it \(not a checkpoint of this trainer")):
+        with pytest.raises(checkpoint.UserError, match=f"--init_from {path}: {message}"):
+            checkpoint.read_weights_source(str(path))

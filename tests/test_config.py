@@ -53,6 +53,7 @@ def test_unknown_choice_is_rejected_by_argparse(capsys):
     (["--max_tokens", "100", "--seq_len", "128"], "--max_tokens"),
     (["--num_workers", "-1"], "--num_workers"),
     (["--peak_tflops", "0"], "--peak_tflops"),
+    (["--init_from", "weights", "--preload", "4"], "--init_from"),
 ])
 def test_invalid_values_name_the_flag(args, flag):
     with pytest.raises(UserError) as e:

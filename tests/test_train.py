@@ -130,15 +130,35 @@ def test_compiled_layers_compile_a_bounded_number_of_times_in_epoch_one_only_and
     assert code == 0 and f"resumed from step {2 * steps_per_epoch}" in out and "compile off" in out, err[-3000:]
 
 
-def test_resume_with_another_model_shape_names_the_difference(tmp_path, toy_corpus, capsys):
+def without(flags: list[str], *names: str) -> list[str]:
+    """`flags` less the given flags and their values."""
+    out, skip = [], False
+    for flag in flags:
+        if not skip and flag not in names:
+            out.append(flag)
+        skip = flag in names
+    return out
+
+
+def test_resume_with_another_model_shape_or_vocabulary_is_refused_and_other_data_named_in_a_warning(
+        tmp_path, toy_corpus, capsys):
     base = ["--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20", "--model_folder",
             str(tmp_path / "w"), "--max_steps", "2", "--save_every", "2"]
     assert run_in_process([*TINY_MODEL, *base], capsys)[0] == 0
     before = folder_state(tmp_path / "w")
-    code, _, err = run_in_process([*TINY_MODEL, *base, "--d_ff", "128"], capsys)
-    assert code == 2
-    assert "--d_ff 64 (checkpoint) vs 128 (now)" in err and "another --model_folder" in err
-    assert folder_state(tmp_path / "w") == before
+    for flag, value in (("--d_ff", "128"), ("--vocab_size", "500")):  # the network; the tokenizers' size
+        message = f"{flag} {TINY_MODEL[TINY_MODEL.index(flag) + 1]} (checkpoint) vs {value} (now)"
+        code, _, err = run_in_process([*without(TINY_MODEL, flag), *base, flag, value], capsys)
+        assert code == 2 and message in err and "another --model_folder" in err
+        assert folder_state(tmp_path / "w") == before
+    # Left unset, the network's settings are the resumed run's, not defaults chosen again (3 layers, d_ff 1024 and a
+    # vocabulary of 4000 for this corpus); other data is named, setting by setting.
+    code, out, err = run_in_process([*without(TINY_MODEL, "--num_layers", "--d_ff", "--vocab_size"), *base,
+                                     "--seq_len", "64", "--test_size", "10", "--max_steps", "3"], capsys)
+    assert code == 0 and "resumed from step 2" in out, err
+    assert "as the run it resumes: --num_layers 1, --d_ff 64, --share_vocab True, --vocab_size 400" in out
+    warning = next(line for line in err.splitlines() if "other data settings" in line)
+    assert "--seq_len 128 (checkpoint) -> 64 (now); --test_size 20 (checkpoint) -> 10 (now)." in warning
 
 
 def test_resume_with_another_tokenizer_or_language_pair_names_the_difference(tmp_path, toy_corpus, capsys):
@@ -180,6 +200,56 @@ def test_shared_vocabulary_trains_one_tokenizer_and_one_embedding(tmp_path, toy_
     (tmp_path / "w2" / "tokenizer_it.json").write_text(other.to_str()[:100])  # cut short by a crash of another tool
     code, _, err = run_in_process([*base, "--share_vocab", "--model_folder", str(tmp_path / "w2")], capsys)
     assert code == 2 and "tokenizer_it.json cannot be read" in err and "Traceback" not in err
+
+
+def started_from(flags: list[str]) -> tuple[train.RunData, train.ModelParts, train.TrainState]:
+    """What a run of one CPU process holds once it has started, before its first step."""
+    import time
+    from distributed import DistInfo
+
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cfg, run_data = train.load_data(train.parse_config(flags), info)
+    parts = train.build_model(cfg, info, run_data, "fp32", time.perf_counter())
+    return run_data, parts, train.resume(cfg, info, run_data, parts)
+
+
+def test_init_from_a_checkpoint_or_an_export_starts_a_new_run_at_step_0_from_the_same_weights(tmp_path, toy_corpus,
+                                                                                              capsys):
+    import export
+
+    source, exported = tmp_path / "source", tmp_path / "exported"
+    code, _, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20",
+                                   "--model_folder", str(source), "--max_steps", "4", "--save_every", "2"], capsys)
+    assert code == 0, err
+    export.main(["--model_folder", str(source), "--out", str(exported)])
+    weights = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(source), 4))["model"]
+    # Another corpus; the network's settings left unset, taken from the weights.
+    other = write_jsonl(tmp_path / "other.jsonl", toy_pairs(300, seed=3))
+    flags = [*without(TINY_MODEL, "--num_layers", "--d_ff", "--vocab_size"), "--data_files", other, "--valid_size",
+             "20", "--test_size", "20", "--max_steps", "2"]
+    for init_from in (source, exported, source / "latest"):
+        run_data, parts, state = started_from([*flags, "--init_from", str(init_from), "--model_folder",
+                                               str(tmp_path / "unused")])
+        assert state.step == 0 and not parts.optimizer.state and parts.scheduler.last_epoch == 0
+        assert all(torch.equal(value, weights[name]) for name, value in parts.raw_model.state_dict().items())
+        assert run_data.tokenizer_json == tuple((source / f"tokenizer_{lang}.json").read_text()
+                                                for lang in ("en", "it"))
+    folder = tmp_path / "tuned"
+    code, out, err = run_in_process([*flags, "--init_from", str(exported), "--model_folder", str(folder)], capsys)
+    assert code == 0 and f"started from the weights of {exported} (step 4 of its run)" in out, err
+    assert checkpoint_steps(folder) == [2] and (folder / "tokenizer_it.json").read_text() == \
+        (source / "tokenizer_it.json").read_text()
+    # The same command again resumes (after a preemption, say): the folder's checkpoints win over the weights.
+    code, out, err = run_in_process([*flags, "--init_from", str(exported), "--model_folder", str(folder),
+                                     "--max_steps", "3"], capsys)
+    assert code == 0 and "resumed from step 2" in out and f"--init_from {exported} not used" in err
+    # Weights of another network or vocabulary are refused, naming each difference, and nothing is written.
+    for wrong, message in ((["--d_model", "64"], "--d_model 64 (now) vs 32 (the weights')"),
+                           (["--lang_src", "it", "--lang_tgt", "en"], "--lang_src it (now) vs en (the weights'); "
+                                                                       "--lang_tgt en (now) vs it (the weights')")):
+        code, _, err = run_in_process([*flags, "--init_from", str(source), "--model_folder", str(tmp_path / "no"),
+                                       *wrong], capsys)
+        assert code == 2 and message in err and not (tmp_path / "no").exists()
 
 
 def test_the_test_split_is_scored_whole_as_given_with_long_sources_cut_to_fit(tmp_path, toy_corpus, capsys):
