@@ -25,10 +25,13 @@ def _setting(default, help, **extra):
 class Config:
     # data
     dataset: str = _setting("builtin", "corpus: 'builtin' (generated English-Italian corpus), a Hugging Face hub "
-                                       "name such as Helsinki-NLP/opus_books, or a local dataset folder")
+                                       "name such as Helsinki-NLP/opus_books, or a local folder (data files, "
+                                       "train/ validation/ test/ sub-folders, or a save_to_disk dataset)")
     dataset_config: str | None = _setting(None, "hub dataset configuration, e.g. en-it for opus_books")
-    data_files: str | None = _setting(None, "local .jsonl/.json/.parquet files in the opus_books schema "
-                                            "(comma-separated, globs allowed); overrides --dataset")
+    data_files: str | None = _setting(None, "files in the opus_books schema (.jsonl/.json/.parquet), .tsv "
+                                            "(source<TAB>target) or Moses pairs named by one side (train.en finds "
+                                            "train.it); comma-separated, split=file, globs allowed; overrides "
+                                            "--dataset")
     lang_src: str = _setting("en", "source language key in each example's 'translation' dict")
     lang_tgt: str = _setting("it", "target language key in each example's 'translation' dict")
     seq_len: int = _setting(128, "maximum tokens per sentence (with BOS/EOS); longer pairs are dropped up front")

@@ -35,8 +35,8 @@ import parallel
 import perf
 import runtime
 import tokenizer
-from config import (Config, duration_text, gpu_token_budget, max_time_seconds, model_config, parse_config,
-                    resolve_defaults, to_dict, validate)
+from config import (UNTIL_THE_BUDGET, Config, duration_text, gpu_token_budget, max_time_seconds, model_config,
+                    parse_config, resolve_defaults, to_dict, validate)
 from corpus import held_out_pairs, load_corpus, pair_of_example, tokenizer_sample
 from distributed import (DistInfo, LateAgreement, any_rank, barrier, broadcast_from_main,
                          broadcast_tensors_from_main, destroy_distributed, dist_max, dist_sum, gather_to_main,
@@ -399,8 +399,10 @@ def build_model(cfg: Config, info: DistInfo, run_data: RunData, precision: str, 
     log.info(f"model: {count_parameters(raw_model) / 1e6:.2f}M parameters, vocab {model_cfg.src_vocab_size} -> "
              f"{model_cfg.tgt_vocab_size}, strategy {cfg.strategy}{' with CPU offload' if cfg.cpu_offload else ''}")
     optimizer = build_optimizer(raw_model, cfg)
-    epochs_steps = math.inf if run_data.steps_per_epoch is None else cfg.num_epochs * run_data.steps_per_epoch
-    total_steps = min(cfg.max_steps or math.inf, epochs_steps)  # a stream's epochs have no known length
+    # A stream's epochs have no known length; epochs "until --max_time" have no total either (the budget ends the run)
+    known = run_data.steps_per_epoch is not None and cfg.num_epochs < UNTIL_THE_BUDGET
+    epochs_steps = cfg.num_epochs * run_data.steps_per_epoch if known else math.inf
+    total_steps = min(cfg.max_steps or math.inf, epochs_steps)
     budget = BudgetClock(max_time_seconds(cfg), started)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, total_steps, budget.fraction_used))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None

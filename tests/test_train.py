@@ -436,6 +436,16 @@ def test_max_time_ends_training_like_a_normal_end_and_counts_time_before_a_resum
     assert checkpoint.list_checkpoints(str(folder))[-1][0] == step + 4
 
 
+@pytest.mark.e2e
+def test_a_run_until_its_budget_shows_no_step_total_but_the_time_left(tmp_path, toy_corpus, capsys):
+    code, out, err = run_in_process([*TINY_MODEL, "--data_files", toy_corpus, "--valid_size", "20", "--test_size", "20",
+                                     "--model_folder", str(tmp_path / "w"), "--max_time", "4s"], capsys)
+    assert code == 0, err[-3000:]
+    lines = re.findall(r"^step \d+\S* \| loss .*$", out, re.M)
+    # --num_epochs is "until --max_time": no step count ends the run, so none is shown as its total
+    assert lines and all(re.match(r"step \d+ \| ", line) and " | ETA " in line for line in lines), lines
+
+
 def test_weight_decay_skips_biases_norms_and_embeddings():
     from model import ModelConfig, Transformer
 
