@@ -8,6 +8,7 @@ its watchdog may abort). gloo alone on CPUs.
 """
 
 import datetime
+import gc
 import os
 import socket
 import time
@@ -114,6 +115,11 @@ def _store_of_this_round(rank: int, world_size: int, timeout: datetime.timedelta
 
 
 def destroy_distributed() -> None:
+    """Frees what still holds the process group, then the group. FSDP's state, hooks and DTensors form reference
+    cycles that keep buffers and pending work of its collectives after the run returns; left to the cyclic
+    collector, they could be freed during interpreter shutdown, after the group is gone, where gloo aborts the
+    process. Collected here, while everything they refer to is whole."""
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -68,6 +68,17 @@ def launch(args: list[str], env: dict | None = None, timeout: float = 240,
                           input=stdin)
 
 
+def failure_report(result: subprocess.CompletedProcess) -> str:
+    """What a failed launch printed, for an assertion message: the first fatal error or traceback (with the
+    stacks faulthandler dumps on a crash) and the end of stderr and stdout, without faulthandler's long list of
+    extension modules, which otherwise fills the end of stderr."""
+    stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("Extension modules:"))
+    starts = [i for i in (stderr.find("Fatal Python error"), stderr.find("Traceback")) if i >= 0]
+    first = stderr[min(starts):min(starts) + 4000] if starts else ""
+    return (f"exit status {result.returncode}\n--- first error ---\n{first}\n--- end of stderr ---\n"
+            f"{stderr[-3000:]}\n--- end of stdout ---\n{result.stdout[-1500:]}")
+
+
 def torchrun(nproc: int, train_args: list[str], extra: list[str] | None = None, **kwargs):
     return launch([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *(extra or []),
                    "train.py", *train_args], **kwargs)

@@ -12,7 +12,7 @@ import compare_hf
 import config
 import corpus
 import tokenizer
-from helpers import ROOT, launch, toy_pairs, write_jsonl
+from helpers import ROOT, failure_report, launch, toy_pairs, write_jsonl
 
 # Placeholders in every split, so that the placeholder rate has sentences to count.
 PLACEHOLDER_PAIRS = [("cannot open %s", "impossibile aprire %s"), ("{0} files deleted", "{0} file eliminati"),
@@ -36,7 +36,7 @@ def test_the_hf_side_trains_a_few_steps_on_two_processes_and_scores_the_test_spl
     out, work = tmp_path / "out.json", tmp_path / "work"
     result = launch([sys.executable, "compare_hf.py", "--data_files", tiny_corpus(tmp_path), "--which", "hf",
                      "--max_steps", "4", "--work_dir", str(work), "--json", str(out)], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["system"] == "hf" and row["steps"] == 4 and row["test_sentences"] == 10
     assert isinstance(row["bleu"], float) and 0 <= row["bleu"] <= 100 and 0 <= row["chrf"] <= 100

@@ -1,6 +1,7 @@
 """--strategy fsdp: the same training as DDP and as one process, exact resume, checkpoints that cross strategies and
 world sizes, and two torchrun agents where global rank 0 alone writes."""
 
+import gc
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import torch
 
 import checkpoint
 import train
-from helpers import TINY_MODEL, host_store, torchrun, two_agents
+from helpers import TINY_MODEL, failure_report, host_store, torchrun, two_agents
+from model import Transformer
 from translate import Translator
 
 pytestmark = pytest.mark.e2e  # every test here trains through torchrun
@@ -31,20 +33,32 @@ def run(folder, corpus, nproc: int, batch_size: int, max_steps: int, *extra: str
     args = [*MODEL, "--data_files", corpus, "--model_folder", str(folder), "--batch_size", str(batch_size),
             "--max_steps", str(max_steps), *extra]
     result = torchrun(nproc, args, extra=["--standalone"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     return result.stdout
+
+
+def models_alive() -> int:
+    return sum(type(o) is Transformer for o in gc.get_objects())  # type(): no lookup on objects that warn
 
 
 def run_alone_in_process(folder, corpus, batch_size: int, max_steps: int, *extra: str, monkeypatch, capsys) -> str:
     """train.py in this process as torchrun's only worker: a process group of one (FSDP shards over a group),
-    on a store served here, as torchrun's agent serves its own."""
+    on a store served here, as torchrun's agent serves its own. The model is freed before the process group is
+    destroyed (FSDP's reference cycles, collected at teardown rather than in interpreter shutdown)."""
     store = host_store()
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
         monkeypatch.setenv(key, value)
     capsys.readouterr()
-    train.main([*MODEL, "--data_files", corpus, "--model_folder", str(folder), "--batch_size", str(batch_size),
-                "--max_steps", str(max_steps), *extra])
+    gc.collect()
+    models_before = models_alive()
+    gc.disable()  # only the teardown's own collection may free the run's model
+    try:
+        train.main([*MODEL, "--data_files", corpus, "--model_folder", str(folder), "--batch_size", str(batch_size),
+                    "--max_steps", str(max_steps), *extra])
+        assert models_alive() == models_before, "the run's model outlived its teardown"
+    finally:
+        gc.enable()
     return capsys.readouterr().out
 
 
@@ -101,7 +115,7 @@ def test_fsdp_on_two_agents_with_c10d_rendezvous_only_global_rank_0_writes(tmp_p
     agents = two_agents("fsdp-two-nodes", [[*MODEL, "--data_files", toy_corpus, "--model_folder", str(folder),
                                             "--batch_size", "8", "--max_steps", "3", "--strategy", "fsdp",
                                             "--precision", "bf16"] for folder in folders])
-    assert all(agent.returncode == 0 for agent in agents), agents[0].stderr[-3000:] + agents[1].stderr[-3000:]
+    assert all(agent.returncode == 0 for agent in agents), failure_report(agents[0]) + failure_report(agents[1])
     written = [folder for folder in folders if folder.exists()]
     assert len(written) == 1, "exactly one node's folder is written"
     assert sum("world size 2, device cpu, precision bf16" in agent.stdout for agent in agents) == 1  # rank 0 alone

@@ -15,7 +15,7 @@ import checkpoint
 import corpus as corpora
 from config import parse_config, validate
 from errors import UserError
-from helpers import TINY_MODEL, toy_pairs, torchrun
+from helpers import TINY_MODEL, failure_report, toy_pairs, torchrun
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -104,6 +104,6 @@ def test_two_ranks_train_streaming_from_s3(bucket, s3_server, tmp_path):
                           "--save_every", "2", "--valid_size", "20", "--test_size", "20", "--beam_size", "1",
                           "--model_folder", str(folder)],
                       extra=["--standalone"], env={**AWS_ENV, "AWS_ENDPOINT_URL": s3_server})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     assert "world size 2" in result.stdout and "done: 4 steps" in result.stdout
     assert [step for step, _ in checkpoint.list_checkpoints(str(folder))] == [2, 4]

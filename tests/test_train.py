@@ -13,7 +13,7 @@ import tokenizer as tok
 import runtime
 import optimization
 import train
-from helpers import TINY_MODEL, checkpoint_steps, metrics, toy_pairs, torchrun, write_jsonl
+from helpers import TINY_MODEL, checkpoint_steps, failure_report, metrics, toy_pairs, torchrun, write_jsonl
 
 
 @pytest.mark.e2e
@@ -23,7 +23,7 @@ def test_torchrun_two_processes_builtin_corpus_wandb_offline_and_resume(tmp_path
     args = [*TINY_MODEL, "--beam_size", "1", "--max_steps", "4", "--save_every", "2", "--eval_every", "4",
             "--model_folder", str(folder), "--wandb_mode", "offline"]
     first = torchrun(2, args, extra=["--standalone"], env={"WANDB_DIR": ""})  # W&B's files go to the model folder
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, failure_report(first)
     assert checkpoint_steps(folder) == [2, 4]
     assert {"tokenizer_en.json", "tokenizer_it.json", "metrics.jsonl", "wandb", "config.json", "wandb_run_id",
             "latest", "best"} <= set(os.listdir(folder))
@@ -39,12 +39,12 @@ def test_torchrun_two_processes_builtin_corpus_wandb_offline_and_resume(tmp_path
     assert "world size 2" in first.stdout
 
     again = torchrun(2, args, extra=["--standalone"], env={"WANDB_DIR": ""})  # again: nothing left to train
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, failure_report(again)
     assert "resumed from step 4" in again.stdout and checkpoint_steps(folder) == [2, 4]
 
     longer = torchrun(2, [*args[:-6], "--max_steps", "6", "--save_every", "2", "--eval_every", "4",
                           "--model_folder", str(folder), "--wandb_mode", "offline"], extra=["--standalone"])
-    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert longer.returncode == 0, failure_report(longer)
     assert "resumed from step 4" in longer.stdout
     assert checkpoint_steps(folder) == [2, 4, 6]
     assert torch.load(folder / "ckpt_00000006.pt", weights_only=True)["wandb_run_id"] == saved["wandb_run_id"]
