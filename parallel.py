@@ -190,7 +190,7 @@ def evaluation_model(raw_model: Transformer, precision: str, device: torch.devic
     gathered, weights = {}, {}
     for name, param in raw_model.named_parameters(remove_duplicate=False):  # the same order on every rank
         if id(param) not in gathered:  # cast before the gather: half the bytes to send under bf16
-            # Norm weights and biases (a tiny share) stay fp32, as the CPU's mixed-dtype layer norm requires
+            # Vectors (norm weights, biases: a tiny share) stay fp32, as in training, where layers cast them
             local = param.to_local().detach().to(device, dtype if param.dim() >= 2 else torch.float32)
             gathered[id(param)] = DTensor.from_local(local, param.device_mesh, param.placements,
                                                      shape=param.shape, stride=param.stride()).full_tensor()
