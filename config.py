@@ -58,9 +58,10 @@ class Config:
     num_heads: int = _setting(4, "attention heads; must divide --d_model")
     d_ff: int | None = _setting(None, "hidden width of the feed-forward blocks (default: 512 for a --max_time of "
                                       "at most 2h on CPU, else 1024)")
-    dropout: float | None = _setting(None, "dropout in attention, feed-forward and embeddings (default: 0.1 for "
-                                           "runs of at most 10 epochs or a --max_time of at most 2h; longer runs by "
-                                           "training pairs: 0.3 below 500k, 0.2 below 2M, else 0.1)")
+    dropout: float | None = _setting(None, "dropout in attention, feed-forward and embeddings (default: 0 for a "
+                                           "--max_time of at most 30m on CPU, 0.1 for runs of at most 10 epochs or "
+                                           "a --max_time of at most 2h; longer runs by training pairs: 0.3 below "
+                                           "500k, 0.2 below 2M, else 0.1)")
     tie_embeddings: bool = _setting(True, "share the decoder embedding with the output projection")
 
     # optimisation
@@ -344,6 +345,9 @@ BUILTIN_DROPOUT = 0.1
 # (docs/experiments.md#dropout-of-short-runs).
 LONG_RUN_EPOCHS = 10
 LONG_RUN_SECONDS = 2 * 3600
+# A CPU budget of half an hour or less shows each training pair only a few times: there is nothing yet to
+# regularize, and dropout only slows learning (docs/experiments.md#dropout-of-short-runs).
+NO_DROPOUT_CPU_SECONDS = 30 * 60
 # Sentences per rank and micro-step by device: on a CPU, throughput in tokens/s hardly depends on the batch, so small
 # batches buy more updates in the same time; a GPU needs large batches to be busy
 # (docs/experiments.md#batch-size-by-device).
@@ -368,7 +372,8 @@ def resolve_defaults(cfg: Config, train_pairs: int | None, device_type: str) -> 
     - --batch_size: by device (BATCH_SIZE_BY_DEVICE);
     - --share_vocab: on for real corpora (names, numbers and placeholders are copied from source to target), off
       for the builtin corpus (its figures were measured so);
-    - --dropout: 0.1 for short runs, else by corpus size (CORPUS_SIZE_RECIPE); 0.1 on the builtin corpus;
+    - --dropout: 0 for a --max_time of at most half an hour on CPU (NO_DROPOUT_CPU_SECONDS), 0.1 for other short
+      runs, else by corpus size (CORPUS_SIZE_RECIPE); 0.1 on the builtin corpus;
     - --vocab_size: by corpus size (train_pairs None: a stream, whose size is unknown, taken as large);
     - --num_layers and --d_ff: smaller for a short --max_time on CPU (MODEL_SHAPE);
     - --lr_schedule: wsd with --max_time (SCHEDULE_FOR_A_BUDGET), else inverse_sqrt."""
@@ -377,9 +382,11 @@ def resolve_defaults(cfg: Config, train_pairs: int | None, device_type: str) -> 
     builtin = cfg.dataset == "builtin" and not cfg.data_files
     epochs = cfg.num_epochs or (UNTIL_THE_BUDGET if cfg.max_time else DEFAULT_EPOCHS)
     long_run = max_time_seconds(cfg) > LONG_RUN_SECONDS if cfg.max_time else epochs > LONG_RUN_EPOCHS
+    short_cpu = device_type == "cpu" and cfg.max_time is not None and not long_run
     if builtin or not long_run:
         dropout = BUILTIN_DROPOUT if builtin else 0.1
-    short_cpu = device_type == "cpu" and cfg.max_time is not None and not long_run
+    if short_cpu and not builtin and max_time_seconds(cfg) <= NO_DROPOUT_CPU_SECONDS:
+        dropout = 0.0
     num_layers, d_ff = MODEL_SHAPE["short_cpu" if short_cpu else "otherwise"]
     chosen = {"num_epochs": epochs, "batch_size": BATCH_SIZE_BY_DEVICE.get(device_type, 64),
               "share_vocab": not builtin, "dropout": dropout, "vocab_size": vocab_size, "num_layers": num_layers,

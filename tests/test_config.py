@@ -77,10 +77,15 @@ def test_long_runs_take_dropout_and_vocabulary_from_the_corpus_size(pairs, dropo
 
 
 def test_short_runs_of_real_corpora_learn_fast_with_a_joint_vocabulary_and_small_cpu_batches():
-    for flags in ([], ["--max_time", "14m"], ["--max_time", "2h"], ["--num_epochs", "10"]):
+    for flags, dropout in (([], 0.1), (["--max_time", "14m"], 0.0), (["--max_time", "30m"], 0.0),
+                           (["--max_time", "31m"], 0.1), (["--max_time", "2h"], 0.1), (["--num_epochs", "10"], 0.1)):
         cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", *flags]), 27_000, "cpu")
-        assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, cfg.batch_size) == (0.1, 4000, True, 16), flags
-        assert "a short run, on cpu" in note
+        assert (cfg.dropout, cfg.vocab_size, cfg.share_vocab, cfg.batch_size) == (dropout, 4000, True, 16), flags
+        assert "a short run, on cpu" in note and f"--dropout {dropout}" in note
+    cfg, _ = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", "--max_time", "14m"]), 27_000, "cuda")
+    assert cfg.dropout == 0.1  # a GPU sees many epochs in the same minutes
+    cfg, _ = resolve_defaults(parse_config(["--max_time", "14m"]), 20_000, "cpu")
+    assert cfg.dropout == 0.1  # the builtin corpus keeps its measured value
     cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl"]), 27_000, "cuda")
     assert cfg.batch_size == 64 and cfg.num_epochs == 4
     cfg, note = resolve_defaults(parse_config(["--data_files", "corpus.jsonl", "--max_time", "14m"]), 27_000, "cpu")
