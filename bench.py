@@ -46,7 +46,7 @@ import tokenizer
 import model as ours
 import perf
 from config import Config
-from distributed import DistInfo
+from distributed import DistInfo, destroy_distributed
 from errors import UserError
 from monitor import setup_logging
 from runtime import (compilation_count, compile_by_default, compile_layers, configure_cuda, make_autocast,
@@ -329,9 +329,9 @@ def ddp_worker(rank: int, world_size: int, store_file: str, rank_batches: list[l
         (row,) = measure_training({f"rank {rank}": model}, rank_batches[rank], args, config.tgt_vocab_size, 0.0,
                                   world_size, rank)
         results.put(row)
+        del model, row  # freed before the group, as destroy_distributed says why
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_distributed()
 
 
 def run_workers(world_size: int, rank_batches: list[list[dict]], config, args) -> float:
