@@ -106,10 +106,10 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], max_len: int) -> dic
 class DistributedBatchSampler(Sampler[list[int]]):
     """Yields this rank's share of each global batch.
 
-    Every rank draws the same order from `seed + epoch` (see `epoch_order`) and cuts it into the same global
+    Every rank draws the same order from `seed + epoch` (see `epoch_batches`) and cuts it into the same global
     batches, one share per rank, so shards are disjoint, every rank has the same number of batches (no rank waits
-    alone in a collective), and the position in an epoch is one number, the samples consumed, which does not depend
-    on the world size: a run can resume mid-epoch, even with another number of ranks.
+    alone in a collective), and the position in an epoch is the samples consumed, in the order of the epoch as it
+    started: a run can resume mid-epoch, even with another number of ranks (`set_epoch`'s `started_by`).
 
     Two ways to size batches:
     - `batch_size` sentences per rank: consecutive chunks of `world_size * batch_size` examples are the global
@@ -117,11 +117,11 @@ class DistributedBatchSampler(Sampler[list[int]]):
       token count, so uneven shares weigh correctly); fewer examples than ranks wait for the next epoch's shuffle.
     - `max_tokens` per rank (fairseq's --max-tokens): the order is cut into consecutive batches whose padded size,
       sentences x longest sentence, stays within the budget; each run of `world_size` such batches is a global
-      batch. The cuts do not depend on the world size either; a last run shorter than `world_size` waits for the
-      next epoch.
+      batch; a last run shorter than `world_size` waits for the next epoch.
     """
 
-    GROUPING_WINDOW_BATCHES = 50
+    GROUPING_WINDOW_STEPS = 32
+    UNSHUFFLED_WINDOW_BATCHES = 50  # the windows of an epoch with `steps_shuffled` False
 
     def __init__(self, num_examples: int, batch_size: int, rank: int, world_size: int, seed: int,
                  lengths: torch.Tensor | None = None, max_tokens: int | None = None, max_len: int = 128):
@@ -131,12 +131,18 @@ class DistributedBatchSampler(Sampler[list[int]]):
         self.max_len = max_len  # --seq_len: batches are padded to `padded_length(longest, max_len)`
         self.rank, self.world_size = rank, world_size
         self.seed, self.lengths = seed, lengths
-        self.epoch, self.start_sample = 0, 0
-        self._cached: tuple[tuple[int, int], list[list[list[int]]], list[int]] | None = None
+        self.epoch, self.start_sample, self.started_by = 0, 0, (world_size, batch_size)
+        self.steps_shuffled = True
+        self._cached: tuple[tuple, list[list[list[int]]], list[int]] | None = None
 
-    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
-        """Call before every epoch; `start_sample` > 0 resumes inside it."""
-        self.epoch, self.start_sample = epoch, start_sample
+    def set_epoch(self, epoch: int, start_sample: int = 0, started_by: tuple[int, int] | None = None,
+                  steps_shuffled: bool = True) -> None:
+        """Call before every epoch; `start_sample` > 0 resumes inside it, in the order of the epoch as started by
+        `started_by` = (world size, batch size) (default: this run's; see `epoch_batches`). `steps_shuffled`
+        False: an epoch started by code that left its sorted windows unshuffled (a checkpoint that does not say
+        who started its epoch) finishes in that order."""
+        self.epoch, self.start_sample, self.steps_shuffled = epoch, start_sample, steps_shuffled
+        self.started_by = started_by or (self.world_size, self.batch_size)
 
     def _examples_per_batch(self) -> int:
         if self.max_tokens is None:
@@ -144,16 +150,44 @@ class DistributedBatchSampler(Sampler[list[int]]):
         return max(1, int(self.max_tokens / max(float(self.lengths.float().mean()), 1.0)))
 
     def epoch_order(self) -> list[int]:
-        """This epoch's order of examples: a permutation from `seed + epoch`, then, given lengths, sorted inside
-        windows of about 50 per-rank batches so that neighbours (hence batches) have similar lengths and little
-        compute goes to padding. The window does not depend on the world size, so neither does the order."""
+        """This epoch's order of examples, the same on every rank: its per-rank batches one after the other."""
+        return [i for batch in self.epoch_batches() for i in batch]
+
+    def epoch_batches(self) -> list[list[int]]:
+        """This epoch's order, as per-rank batches by token budget or as one batch by sentence count. A permutation
+        from `seed + epoch`; given lengths, sorted inside windows of 32 global batches' worth, so that neighbours,
+        hence batches, have similar lengths and little compute goes to padding, and the window's global batches
+        shuffled. Sorted windows alone would make the steps climb from the shortest sentences to the longest,
+        window after window, and updates alike in a row learn less (docs/experiments.md, "Batch order"); one run
+        of the sorted window per step keeps the ranks' shares of similar lengths, so none waits long for the
+        others. Runs are sized by the world and batch size that started the epoch (`started_by`): a resume with
+        others finishes the epoch in its order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.num_examples, generator=generator)
         if self.lengths is None:
-            return order.tolist()
-        window = self.GROUPING_WINDOW_BATCHES * self._examples_per_batch()
-        grouped = [chunk[torch.sort(self.lengths[chunk], stable=True).indices] for chunk in order.split(window)]
-        return torch.cat(grouped).tolist()
+            return [order.tolist()]
+        by_tokens = self.max_tokens is not None
+        if not self.steps_shuffled:
+            windows = order.split(self.UNSHUFFLED_WINDOW_BATCHES * self._examples_per_batch())
+            grouped = torch.cat([w[torch.sort(self.lengths[w], stable=True).indices] for w in windows]).tolist()
+            return self._token_budget_batches(grouped) if by_tokens else [grouped]
+        world, batch_size = self.started_by
+        run = world * (self._examples_per_batch() if by_tokens else batch_size)  # examples of a global batch
+        windows = order.split(self.GROUPING_WINDOW_STEPS * run)
+        grouped = torch.cat([w[torch.sort(self.lengths[w], stable=True).indices] for w in windows]).tolist()
+        if by_tokens:  # a run: `world` batches cut by the budget
+            cuts = self._token_budget_batches(grouped)
+            runs = [cuts[i:i + world] for i in range(0, len(cuts), world)]
+        else:  # a run: `run` examples
+            runs = [[grouped[i:i + run]] for i in range(0, len(grouped), run)]
+        batches = []
+        for first in range(0, len(runs), self.GROUPING_WINDOW_STEPS):
+            window = runs[first:first + self.GROUPING_WINDOW_STEPS]
+            short = len(window[-1]) < world if by_tokens else len(window[-1][0]) < run  # the epoch's end
+            whole = len(window) - short
+            for i in [*torch.randperm(whole, generator=generator).tolist(), *range(whole, len(window))]:
+                batches += window[i]  # a short last run stays last
+        return batches if by_tokens else [[i for batch in batches for i in batch]]
 
     def _token_budget_batches(self, order: list[int]) -> list[list[int]]:
         """Greedy consecutive cuts: a batch grows while its padded size, sentences x `padded_length` of the
@@ -176,9 +210,9 @@ class DistributedBatchSampler(Sampler[list[int]]):
 
     def _plan(self) -> tuple[list[list[list[int]]], list[int]]:
         """This epoch's remaining global batches and the samples consumed after each, cut once per `set_epoch`."""
-        key = (self.epoch, self.start_sample)
+        key = (self.epoch, self.start_sample, self.started_by, self.steps_shuffled)
         if self._cached is None or self._cached[0] != key:
-            batches = self._cut(self.epoch_order()[self.start_sample:])
+            batches = self._cut(self.epoch_batches())
             sizes = [sum(len(share) for share in global_batch) for global_batch in batches]
             self._cached = (key, batches, [0, *itertools.accumulate(sizes)])
         return self._cached[1], self._cached[2]
@@ -187,11 +221,16 @@ class DistributedBatchSampler(Sampler[list[int]]):
         """The rest of this epoch's global batches, from `start_sample` on; each a list of one share per rank."""
         return self._plan()[0]
 
-    def _cut(self, order: list[int]) -> list[list[list[int]]]:
+    def _cut(self, epoch_batches: list[list[int]]) -> list[list[list[int]]]:
+        """The global batches from `start_sample` on. By sentence count: consecutive chunks of `world_size *
+        batch_size` examples, split evenly. By token budget: the per-rank batches as cut, `world_size` at a time
+        (a resume lands between two of them, wherever the epoch was started)."""
         world = self.world_size
         if self.max_tokens is not None:
-            local = self._token_budget_batches(order)
+            skipped = itertools.accumulate(len(batch) for batch in epoch_batches)
+            local = epoch_batches[sum(1 for consumed in skipped if consumed <= self.start_sample):]
             return [local[i:i + world] for i in range(0, len(local) - world + 1, world)]
+        order = [i for batch in epoch_batches for i in batch][self.start_sample:]
         size = world * self.batch_size
         batches = []
         for start in range(0, len(order), size):
@@ -223,6 +262,16 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@dataclass
+class EpochPosition:
+    """Where a run stands in an in-memory epoch: the samples consumed, in the order of that epoch as started by
+    `world_size` ranks taking `batch_size` sentences each. The same on every rank."""
+    samples: int
+    world_size: int
+    batch_size: int | None
+    steps_shuffled: bool = True  # False: an epoch started before steps were shuffled (see `set_epoch`)
+
+
 class LoaderBatches:
     """This rank's training batches from an in-memory split: the DataLoader over a DistributedBatchSampler, behind
     the interface the training loop shares with StreamBatches. The position is the samples consumed in the epoch,
@@ -231,8 +280,12 @@ class LoaderBatches:
     def __init__(self, loader, sampler: DistributedBatchSampler):
         self.loader, self.sampler = loader, sampler
 
-    def start_epoch(self, epoch: int, position: int | None = None) -> None:
-        self.sampler.set_epoch(epoch, position or 0)
+    def start_epoch(self, epoch: int, position: EpochPosition | None = None) -> None:
+        if position is None:
+            self.sampler.set_epoch(epoch)
+        else:
+            self.sampler.set_epoch(epoch, position.samples, (position.world_size, position.batch_size),
+                                   position.steps_shuffled)
         self.batches, self.taken = iter(self.loader), 0
 
     def take(self, count: int) -> list[dict[str, torch.Tensor]]:
@@ -244,8 +297,9 @@ class LoaderBatches:
     def exhausted(self) -> bool:
         return self.taken == len(self.sampler)
 
-    def position(self) -> int:
-        return self.sampler.position_after(self.taken)
+    def position(self) -> EpochPosition:
+        return EpochPosition(self.sampler.position_after(self.taken), *self.sampler.started_by,
+                             self.sampler.steps_shuffled)
 
 
 class StreamBatches:
@@ -339,7 +393,7 @@ class StreamBatches:
         self.rng.shuffle(batches)
         return batches
 
-    GROUPING_BATCHES = 50  # as the in-memory sampler's window
+    GROUPING_BATCHES = 50
 
     def next_batch(self) -> dict[str, torch.Tensor] | None:
         """The next batch of --batch_size pairs, or None once this rank's shard is used up (a last, partial batch

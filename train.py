@@ -104,8 +104,10 @@ def warn_of_data_changes(saved: dict, cfg: Config) -> None:
 def saved_position(saved: dict, cfg: Config, info: DistInfo):
     """Where this rank resumes in the saved epoch: the samples consumed (in-memory corpus, any world size), or its
     own stream position; a stream saved by another number of ranks restarts its epoch (shards differ)."""
-    if not cfg.streaming:
-        return saved["epoch_sample"]
+    if not cfg.streaming:  # a checkpoint without "epoch_started_by" is older than shuffled steps
+        started_by = saved.get("epoch_started_by")
+        return data.EpochPosition(saved["epoch_sample"], *(started_by or (info.world_size, cfg.batch_size)),
+                                  steps_shuffled=saved.get("epoch_steps_shuffled", started_by is not None))
     positions = saved.get("stream_positions")
     if positions and len(positions) == info.world_size:
         return positions[info.rank]
@@ -441,7 +443,7 @@ class TrainState:
     """Where the run is: everything a checkpoint restores besides the model, optimizer and data position."""
     step: int = 0
     epoch: int = 0
-    position: object = None  # where the current epoch (re)started: samples consumed, or a stream's state
+    position: object = None  # where the current epoch (re)started: a data.EpochPosition, or a stream's state
     run_id: str = ""
     best_bleu: float = -1.0
     best_step: int | None = None
@@ -480,7 +482,7 @@ def resume(cfg: Config, info: DistInfo, run_data: RunData, parts: ModelParts) ->
     if len(saved["rng"]) == info.world_size:
         set_rng_state(saved["rng"][info.rank], info.device)
     log.info(f"resumed from step {state.step} (epoch {state.epoch}, "
-             f"{'stream positions restored' if cfg.streaming else f'{state.position} samples into it'}"
+             f"{'stream positions restored' if cfg.streaming else f'{state.position.samples} samples into it'}"
              f"{f', {state.time_spent_s:.0f} s of --max_time spent' if cfg.max_time else ''})")
     return state
 
@@ -525,12 +527,15 @@ class Checkpointer:
         self.last_saved_step = state.step
         rng = gather_to_main(rng_state(info.device))
         stream_positions = gather_to_main(position) if cfg.streaming else None  # one per rank, like the RNGs
+        in_memory = not cfg.streaming and position is not None  # None: between epochs
         model_state, optimizer_state = parallel.gather_full_state(parts.raw_model, parts.optimizer, info.is_main)
         if info.is_main:
             saved = {"model": model_state, "optimizer": optimizer_state, "scheduler": parts.scheduler.state_dict(),
                      "scaler": parts.scaler.state_dict() if parts.scaler else None,
                      "step": state.step, "epoch": state.epoch,
-                     "epoch_sample": 0 if cfg.streaming else position or 0, "stream_positions": stream_positions,
+                     "epoch_sample": position.samples if in_memory else 0, "stream_positions": stream_positions,
+                     "epoch_started_by": (position.world_size, position.batch_size) if in_memory else None,
+                     "epoch_steps_shuffled": position.steps_shuffled if in_memory else True,
                      "skipped_steps": int(skipped_steps.item()), "time_spent_s": parts.budget.spent(),
                      "config": to_dict(cfg), "wandb_run_id": state.run_id, "tokenizers": self.run_data.tokenizer_ids,
                      "rng": rng, "best_bleu": state.best_bleu, "best_step": state.best_step}

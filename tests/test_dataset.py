@@ -90,19 +90,48 @@ def test_length_grouping_cuts_padding_keeps_a_permutation_and_ignores_world_size
         return sum(len(b) * int(lengths[b].max()) for b in batches)
 
     assert padded_positions(list(grouped)) < 0.7 * padded_positions(list(plain))
-    # The same global order, whatever the number of ranks: resume across world sizes stays exact.
+    # The order of an epoch follows the number of ranks that started it, which a resume passes on.
     on_two = data.DistributedBatchSampler(n, batch_size, 1, 2, seed=0, lengths=lengths)
+    assert on_two.epoch_order() != grouped.epoch_order()
+    grouped.set_epoch(0, 0, started_by=(2, batch_size))
     assert on_two.epoch_order() == grouped.epoch_order()
     shards = rank_batches(n, batch_size, world=2, epoch=0, lengths=lengths)
     seen = [i for shard in shards for batch in shard for i in batch]
     assert sorted(seen) == list(range(n))
 
 
-def token_budget_shards(lengths, max_tokens, world, epoch=0, start=0):
+def test_length_grouping_shuffles_the_steps_and_keeps_each_global_batch_of_similar_lengths():
+    n, batch_size, world = 4 * 48 * 8, 8, 2  # four whole windows
+    lengths = torch.randperm(n, generator=torch.Generator().manual_seed(3)) % 97 + 3
+    shards = rank_batches(n, batch_size, world, epoch=0, lengths=lengths)
+    steps = [[lengths[b].tolist() for b in global_batch] for global_batch in zip(*shards)]
+    # Both shares of every step are one run of a sorted window: the ranks get similar lengths.
+    assert all(max(first) <= min(second) for first, second in steps)
+    # The steps of a window come in a shuffled order, not climbing from the shortest sentences to the longest
+    # (then the longest sentence of a step would fall only from one window to the next: 3 times here).
+    longest = [max(second) for _, second in steps]
+    falls = sum(longest[i] < longest[i - 1] for i in range(1, len(steps)))
+    assert falls > len(steps) // 4
+
+
+def test_a_resume_on_another_number_of_ranks_finishes_the_epoch_in_its_order():
+    n, batch_size = 1000, 8
+    lengths = torch.randint(3, 60, (n,), generator=torch.Generator().manual_seed(4))
+    on_two = data.DistributedBatchSampler(n, batch_size, 0, 2, seed=0, lengths=lengths)
+    order, position = on_two.epoch_order(), on_two.position_after(10)
+    assert position == 10 * 2 * batch_size
+    on_three = [data.DistributedBatchSampler(n, batch_size, rank, 3, seed=0, lengths=lengths) for rank in range(3)]
+    for sampler in on_three:
+        sampler.set_epoch(0, position, started_by=(2, batch_size))
+    rest = [i for global_batch in zip(*map(list, on_three)) for share in global_batch for i in share]
+    assert rest == order[position:position + len(rest)] and len(rest) > len(order) - position - 3
+
+
+def token_budget_shards(lengths, max_tokens, world, epoch=0, start=0, started_by=None):
     samplers = [data.DistributedBatchSampler(len(lengths), 1, rank, world, 0, lengths=lengths, max_tokens=max_tokens)
                 for rank in range(world)]
     for sampler in samplers:
-        sampler.set_epoch(epoch, start)
+        sampler.set_epoch(epoch, start, started_by)
     return samplers, [list(sampler) for sampler in samplers]
 
 
@@ -127,8 +156,8 @@ def test_token_budget_batches_depend_on_epoch_and_seed_only_and_resume_exactly()
     _, two = token_budget_shards(lengths, 300, world=2, epoch=1)
     assert two == token_budget_shards(lengths, 300, world=2, epoch=1)[1]
     assert two != token_budget_shards(lengths, 300, world=2, epoch=2)[1]
-    # The per-rank cuts do not depend on the world size: two ranks take them in pairs, one rank in turn.
-    _, (one,) = token_budget_shards(lengths, 300, world=1, epoch=1)
+    # An epoch started by two ranks: one rank alone takes the same per-rank cuts in turn.
+    _, (one,) = token_budget_shards(lengths, 300, world=1, epoch=1, started_by=(2, 1))
     assert [b for pair in zip(*two) for b in pair] == one[:2 * len(two[0])]
     # Resume after 7 steps of two ranks, on two ranks or on one: the same batches follow.
     samplers, _ = token_budget_shards(lengths, 300, world=2, epoch=1)
@@ -136,11 +165,12 @@ def test_token_budget_batches_depend_on_epoch_and_seed_only_and_resume_exactly()
     assert position == sum(len(b) for shard in two for b in shard[:7])
     _, resumed = token_budget_shards(lengths, 300, world=2, epoch=1, start=position)
     assert resumed == [shard[7:] for shard in two]
-    _, (resumed_alone,) = token_budget_shards(lengths, 300, world=1, epoch=1, start=position)
+    _, (resumed_alone,) = token_budget_shards(lengths, 300, world=1, epoch=1, start=position,
+                                              started_by=(2, 1))
     assert resumed_alone[:len(one) - 14] == one[14:]
 
 
 def test_a_sentence_longer_than_the_budget_gets_a_batch_of_its_own():
     lengths = torch.tensor([5, 5, 50, 5, 5])  # 4 x width 6 fits 24
     _, (shard,) = token_budget_shards(lengths, 24, world=1)
-    assert [sorted(b) for b in shard] == [[0, 1, 3, 4], [2]]  # sorted by length within the window
+    assert sorted(sorted(b) for b in shard) == [[0, 1, 3, 4], [2]]

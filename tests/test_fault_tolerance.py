@@ -199,6 +199,7 @@ def test_resume_with_fewer_ranks_continues_at_the_same_global_sample(tmp_path, t
     assert "world size 1" in out and "resumed from step 4 (epoch 0, 128 samples into it)" in out
     after = checkpoint.load_checkpoint(checkpoint.list_checkpoints(str(folder))[-1][1])
     assert (after["step"], after["epoch_sample"]) == (6, 128 + 2 * 16)  # one rank: 16 samples a step
+    assert tuple(after["epoch_started_by"]) == (2, 16)  # in the order of the epoch as two ranks started it
 
 
 def test_nodes_with_different_folders_stop_clearly_when_rank_0_sees_no_checkpoint_where_another_does(
