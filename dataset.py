@@ -168,13 +168,11 @@ class DistributedBatchSampler(Sampler[list[int]]):
             return [order.tolist()]
         by_tokens = self.max_tokens is not None
         if not self.steps_shuffled:
-            windows = order.split(self.UNSHUFFLED_WINDOW_BATCHES * self._examples_per_batch())
-            grouped = torch.cat([w[torch.sort(self.lengths[w], stable=True).indices] for w in windows]).tolist()
+            grouped = self._sorted_windows(order, self.UNSHUFFLED_WINDOW_BATCHES * self._examples_per_batch())
             return self._token_budget_batches(grouped) if by_tokens else [grouped]
         world, batch_size = self.started_by
         run = world * (self._examples_per_batch() if by_tokens else batch_size)  # examples of a global batch
-        windows = order.split(self.GROUPING_WINDOW_STEPS * run)
-        grouped = torch.cat([w[torch.sort(self.lengths[w], stable=True).indices] for w in windows]).tolist()
+        grouped = self._sorted_windows(order, self.GROUPING_WINDOW_STEPS * run)
         if by_tokens:  # a run: `world` batches cut by the budget
             cuts = self._token_budget_batches(grouped)
             runs = [cuts[i:i + world] for i in range(0, len(cuts), world)]
@@ -188,6 +186,10 @@ class DistributedBatchSampler(Sampler[list[int]]):
             for i in [*torch.randperm(whole, generator=generator).tolist(), *range(whole, len(window))]:
                 batches += window[i]  # a short last run stays last
         return batches if by_tokens else [[i for batch in batches for i in batch]]
+
+    def _sorted_windows(self, order: torch.Tensor, window: int) -> list[int]:
+        """`order` with each consecutive window of `window` examples sorted by length (stably)."""
+        return torch.cat([w[torch.sort(self.lengths[w], stable=True).indices] for w in order.split(window)]).tolist()
 
     def _token_budget_batches(self, order: list[int]) -> list[list[int]]:
         """Greedy consecutive cuts: a batch grows while its padded size, sentences x `padded_length` of the
