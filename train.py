@@ -104,10 +104,11 @@ def warn_of_data_changes(saved: dict, cfg: Config) -> None:
 def saved_position(saved: dict, cfg: Config, info: DistInfo):
     """Where this rank resumes in the saved epoch: the samples consumed (in-memory corpus, any world size), or its
     own stream position; a stream saved by another number of ranks restarts its epoch (shards differ)."""
-    if not cfg.streaming:  # a checkpoint without "epoch_started_by" is older than shuffled steps
-        started_by = saved.get("epoch_started_by")
+    if not cfg.streaming:  # a checkpoint without "epoch_started_by" is older than shuffled steps: an epoch it
+        started_by = saved.get("epoch_started_by")  # began keeps its unshuffled order (one not begun needs none)
+        old_order = started_by is None and saved["epoch_sample"] > 0
         return data.EpochPosition(saved["epoch_sample"], *(started_by or (info.world_size, cfg.batch_size)),
-                                  steps_shuffled=saved.get("epoch_steps_shuffled", started_by is not None))
+                                  steps_shuffled=saved.get("epoch_steps_shuffled", not old_order))
     positions = saved.get("stream_positions")
     if positions and len(positions) == info.world_size:
         return positions[info.rank]
